@@ -1,0 +1,62 @@
+# Every target a user needs. `make help` lists them; each one installs first if needed.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# A fresh machine gets this torch first (the CPU wheel where one lies on disk); a CUDA torch that is
+# already in the venv, or in $(PYTHON) (reused through --system-site-packages), is kept and pinned.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+SUBJECTS ?= 24
+SPACING ?= 2
+SEED ?= 0
+DATA_DIR ?= data/synthetic
+MANIFEST ?= data_manifests/synthetic.json
+
+.PHONY: help install data validate preview test test-fast lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install the package with its dev tools (idempotent)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+	    echo "install: $(PYTHON) has a CUDA torch; the venv reuses it (--system-site-packages)"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; fi
+	@$(PY) -c "import torch" 2>/dev/null || \
+	  $(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	@$(PY) -c "import torch; print(f'torch=={torch.__version__}')" > $(VENV)/constraints.txt
+	@echo "install: keeping $$(cat $(VENV)/constraints.txt)"
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	@touch $@
+
+data: $(MANIFEST) ## synthesise the default data set (SUBJECTS=24 at SPACING=2 mm) and its manifest
+
+$(MANIFEST): | $(STAMP)
+	$(PY) -m pipeline synth --out $(DATA_DIR) --subjects $(SUBJECTS) --seed $(SEED) --spacing $(SPACING) \
+	  --manifest $(MANIFEST) --preview $(DATA_DIR)/preview.png
+
+validate: $(MANIFEST) ## check every file of MANIFEST
+	$(PY) -m pipeline validate $(MANIFEST)
+
+preview: $(MANIFEST) ## PNG montage of a few cases of MANIFEST
+	$(PY) -m pipeline preview $(MANIFEST) --out $(DATA_DIR)/preview.png
+
+test: $(STAMP) ## run the whole test suite (slow tests included)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP) ## ruff over the package, tests and benchmarks
+	$(VENV)/bin/ruff check pipeline tests benchmarks
+
+clean: ## remove generated data, outputs and caches (keeps .venv)
+	rm -rf data outputs .pytest_cache .ruff_cache $(MANIFEST)

@@ -1,0 +1,30 @@
+"""The few exception types a user sees.
+
+The CLI turns these into one line on stderr and a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PipelineError", "InputError", "ConfigError"]
+
+
+class PipelineError(Exception):
+    """Base class of errors that the CLI reports in one line."""
+
+
+class InputError(PipelineError):
+    """Bad input data: names the case and the file it concerns.
+
+    Example:
+        >>> str(InputError("label has values {0, 2}", case="sub-01", path="sub-01_msk.nii.gz"))
+        'sub-01: sub-01_msk.nii.gz: label has values {0, 2}'
+    """
+
+    def __init__(self, message: str, case: str | None = None, path: str | None = None):
+        self.case, self.path, self.reason = case, path, message
+        parts = [p for p in (case, str(path) if path else None, message) if p]
+        super().__init__(": ".join(parts))
+
+
+class ConfigError(PipelineError):
+    """A configuration or command-line value that cannot work."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: small real NIfTI data written to temporary folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Save ``data`` as a compressed NIfTI with scanner qform/sform codes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(data, np.eye(4) if affine is None else affine)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m pipeline ARGS`` as a user would; return the finished process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def synth_set(tmp_path_factory) -> tuple[Path, Path]:
+    """Six synthetic subjects at 4 mm (one lesion-free) and their manifest: (data dir, manifest)."""
+    from pipeline.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root / "data", subjects=6, seed=7, spacing=4.0, manifest=root / "synth.json",
+               folds=2, test_fraction=0.2, progress=False)
+    return root / "data", root / "synth.json"

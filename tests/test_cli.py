@@ -1,0 +1,29 @@
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli
+
+HEAVY = ("torch", "monai", "lightning", "mlflow", "nilearn", "matplotlib")
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys; from pipeline.__main__ import build_parser; build_parser().format_help(); "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert run_cli("--help").returncode == 0
+
+
+def test_synth_then_validate_then_preview_as_a_user_would(tmp_path):
+    out, manifest, png = tmp_path / "x", tmp_path / "x.json", tmp_path / "x.png"
+    result = run_cli("synth", "--out", str(out), "--subjects", "3", "--seed", "3", "--spacing", "4",
+                     "--manifest", str(manifest), "--preview", str(png))
+    assert result.returncode == 0, result.stderr
+    assert run_cli("validate", str(manifest)).returncode == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_manifest_command_on_a_missing_folder_is_one_line(tmp_path):
+    result = run_cli("manifest", "--bids", str(tmp_path / "nope"), "--out", str(tmp_path / "m.json"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "m.json").exists()
