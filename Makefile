@@ -17,7 +17,7 @@ SEED ?= 0
 DATA_DIR ?= data/synthetic
 MANIFEST ?= data_manifests/synthetic.json
 
-.PHONY: help install data validate preview test test-fast lint clean
+.PHONY: help install data validate preview train mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ validate: $(MANIFEST) ## check every file of MANIFEST
 
 preview: $(MANIFEST) ## PNG montage of a few cases of MANIFEST
 	$(PY) -m pipeline preview $(MANIFEST) --out $(DATA_DIR)/preview.png
+
+train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (ARGS="--ID VALUE ..." overrides the config)
+	$(PY) -m pipeline train --datalist $(MANIFEST) $(ARGS)
+
+mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 test: $(STAMP) ## run the whole test suite (slow tests included)
 	$(PY) -m pytest

@@ -63,6 +63,17 @@ def _preview(args) -> int:
     return EXIT_OK
 
 
+def _train(args, overrides: list[str]) -> int:
+    from pipeline.experiment import DEFAULT_CONFIG, parse_overrides, train
+
+    values = parse_overrides(overrides)
+    if args.resume:
+        values["resume"] = True
+    best = train(args.config or [DEFAULT_CONFIG], values)
+    print(f"best checkpoint: {best[0] if isinstance(best, list) else best}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Stroke-lesion segmentation on MONAI.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -100,21 +111,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--dataset-dir")
     p.set_defaults(func=_preview)
+    p = sub.add_parser("train", help="train from the bundle's train config; --ID VALUE overrides any config ID",
+                       epilog="example: python -m pipeline train --max_epochs 2 --spatial_dims 2 "
+                              "--network_def#channels '[8, 16, 32]'")
+    p.add_argument("--config", action="append", help="config file (repeat to merge several; default: "
+                   "bundles/stroke_mri_segmentation/configs/train.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir's last checkpoint and MLflow run")
+    p.set_defaults(func=_train, takes_overrides=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from pipeline.errors import PipelineError
+    from pipeline.errors import find_pipeline_error
 
     try:
-        return args.func(args)
-    except PipelineError as err:
-        if args.debug:
+        return args.func(args, extra) if getattr(args, "takes_overrides", False) else args.func(args)
+    except Exception as err:  # noqa: BLE001 - known errors become one line; others keep their traceback
+        known = find_pipeline_error(err)
+        if known is None or args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {known}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,7 +5,7 @@ The CLI turns these into one line on stderr and a non-zero exit; ``--debug`` sho
 
 from __future__ import annotations
 
-__all__ = ["PipelineError", "InputError", "ConfigError"]
+__all__ = ["PipelineError", "InputError", "ConfigError", "find_pipeline_error"]
 
 
 class PipelineError(Exception):
@@ -28,3 +28,14 @@ class InputError(PipelineError):
 
 class ConfigError(PipelineError):
     """A configuration or command-line value that cannot work."""
+
+
+def find_pipeline_error(err: BaseException | None) -> PipelineError | None:
+    """The PipelineError behind ``err``: MONAI wraps errors raised inside transforms in RuntimeErrors."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, PipelineError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -1,0 +1,145 @@
+"""Running a bundle config as an experiment: overrides, checks, the resolved-config snapshot, and ``fit``.
+
+``python -m pipeline train`` and ``python -m monai.bundle run --config_file .../train.yaml`` both end in
+:func:`fit`, which the config's ``run`` entry calls.
+
+Example:
+    >>> best = train(["bundles/stroke_mri_segmentation/configs/train.yaml"], {"max_epochs": 2})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+__all__ = ["DEFAULT_CONFIG", "parse_overrides", "load_workflow", "flatten", "fit", "train"]
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = "bundles/stroke_mri_segmentation/configs/train.yaml"
+PLAIN = (int, float, str, bool, type(None))
+
+
+def parse_overrides(args: Sequence[str]) -> dict:
+    """``["--max_epochs", "2", "--network_def#channels", "[8, 16]"]`` -> ``{"max_epochs": 2, ...}``.
+
+    Values are read as YAML, so numbers, lists, booleans and ``null`` keep their type.
+    """
+    out, args = {}, list(args)
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--") or len(key) < 3:
+            raise ConfigError(f"expected --ID VALUE, got {key!r}")
+        key = key[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif args and not args[0].startswith("--"):
+            value = args.pop(0)
+        else:
+            raise ConfigError(f"--{key} needs a value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _check_ids(parser, overrides: dict) -> None:
+    """Every override must name an existing ID (or a new key of an existing section): suggest the nearest."""
+    known = list(flatten(parser.get()).keys())
+    for key in overrides:
+        parent = key.rsplit("#", 1)[0] if "#" in key else ""
+        try:
+            exists = parser.get(key) is not None or key in (parser.get(parent) or {})
+        except (KeyError, IndexError, TypeError, ValueError):
+            exists = False
+        if not exists and not ("#" in key and isinstance(parser.get(parent, None), dict)):
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"; did you mean --{near[0]}?" if near else ""
+            raise ConfigError(f"--{key}: no such config ID{hint}")
+
+
+def load_workflow(config_files: Sequence[str], overrides: dict):
+    """A MONAI ConfigWorkflow over the files (later ones merged over earlier) with the overrides applied."""
+    from monai.bundle import ConfigWorkflow
+
+    for f in config_files:
+        if not Path(f).is_file():
+            raise ConfigError(f"config file not found: {f}")
+    wf = ConfigWorkflow(config_file=list(config_files), workflow_type=None)
+    _check_ids(wf.parser, overrides)
+    wf.parser.update(pairs=overrides)
+    return wf
+
+
+def flatten(config, prefix: str = "", sep: str = "#") -> dict:
+    """Leaves of a nested config as ``{"network_def#channels": [16, 32], ...}`` (lists of plain values kept)."""
+    out = {}
+    if isinstance(config, dict):
+        for k, v in config.items():
+            out.update(flatten(v, f"{prefix}{sep}{k}" if prefix else str(k), sep))
+    elif isinstance(config, list) and not all(isinstance(v, PLAIN) for v in config):
+        for i, v in enumerate(config):
+            out.update(flatten(v, f"{prefix}{sep}{i}", sep))
+    else:
+        out[prefix] = config
+    return out
+
+
+def _resolved_snapshot(parser) -> dict:
+    """The config with overrides applied and top-level references/expressions to plain values resolved."""
+    config = parser.get()
+    out = dict(config)
+    for key, raw in config.items():
+        if isinstance(raw, str) and raw[:1] in "@$" and key not in ("run", "initialize", "finalize"):
+            try:
+                value = parser.get_parsed_content(key)
+            except Exception:  # noqa: BLE001 - keep the raw text when it cannot be resolved alone
+                continue
+            if isinstance(value, PLAIN) or (isinstance(value, list) and all(isinstance(v, PLAIN) for v in value)):
+                out[key] = value
+    return out
+
+
+def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, datalist: str | None = None,
+        config_file: str | None = None) -> str:
+    """Log the run's context and parameters, train (from ``output_dir``'s last checkpoint with ``resume``),
+    and return the best checkpoint's path."""
+    from pipeline.tracking import log_run_context
+
+    if logging.getLogger().handlers:  # lightning adds its own console handler: lines would print twice
+        logging.getLogger("lightning").handlers.clear()
+    output_dir = Path(output_dir)
+    log_run_context(trainer.logger, output_dir, datalist, config_file)
+    if config_file and Path(config_file).is_file() and trainer.logger is not None:
+        params = {k.replace("#", "."): v for k, v in flatten(yaml.safe_load(Path(config_file).read_text())).items()
+                  if not k.startswith(("run", "initialize", "finalize", "imports"))}
+        trainer.logger.log_hyperparams(params)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if resume and ckpt_path is None:
+        log.warning("--resume: no checkpoint at %s, starting from scratch", last)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    log.info("best checkpoint: %s (val/dice %s)", best,
+             getattr(trainer.checkpoint_callback, "best_model_score", None))
+    return best
+
+
+def train(config_files: Sequence[str], overrides: dict) -> str:
+    """Train from bundle config files with overrides; returns the best checkpoint's path."""
+    wf = load_workflow(config_files, overrides)
+    output_dir = Path(wf.parser.get_parsed_content("output_dir"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = output_dir / "config.yaml"
+    from pipeline.io import atomic_path
+
+    with atomic_path(snapshot) as tmp:
+        tmp.write_text(yaml.safe_dump(_resolved_snapshot(wf.parser), sort_keys=False))
+    wf.parser["config_snapshot"] = str(snapshot)
+    wf.initialize()
+    best = wf.run()
+    wf.finalize()
+    return best

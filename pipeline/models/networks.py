@@ -1,0 +1,73 @@
+"""Network factory: a configurable 2D/3D MONAI U-Net, or DynUNet with deep supervision.
+
+Example:
+    >>> net = build_network("unet", spatial_dims=3, in_channels=3, head="softmax",
+    ...                     channels=[16, 32, 64, 128], strides=[2, 2, 2], norm="instance")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.factories import Norm
+from monai.networks.nets import DynUNet, UNet
+
+__all__ = ["NORMS", "HEADS", "build_network", "out_channels", "norm_layer"]
+
+NORMS = ("batch", "instance", "group", "layer")
+HEADS = {"softmax": 2, "sigmoid": 1}
+
+
+class FlexibleGroupNorm(torch.nn.GroupNorm):
+    """GroupNorm that uses gcd(groups, channels) groups, so one ``groups`` value fits every layer
+    (MONAI's U-Net also normalises its 1- or 2-channel output layer)."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__(math.gcd(num_groups, num_channels), num_channels, eps, affine)
+
+
+if "FLEXGROUP" not in Norm.names:
+    Norm.add_factory_callable("flexgroup", lambda dim: FlexibleGroupNorm)
+
+
+def out_channels(head: str) -> int:
+    """2 channels (background, lesion) for a softmax head, 1 for a sigmoid head."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {sorted(HEADS)}, not {head!r}")
+    return HEADS[head]
+
+
+def norm_layer(norm: str, groups: int = 8):
+    """MONAI norm spec. 'layer' is GroupNorm with one group: LayerNorm over (C, *spatial) per sample,
+    which, unlike nn.LayerNorm, does not need the feature-map size up front."""
+    specs = {"batch": "batch", "instance": ("instance", {"affine": True}),
+             "group": ("flexgroup", {"num_groups": groups}), "layer": ("group", {"num_groups": 1})}
+    if norm not in specs:
+        raise ValueError(f"norm must be one of {list(NORMS)}, not {norm!r}")
+    return specs[norm]
+
+
+def build_network(name: str = "unet", spatial_dims: int = 3, in_channels: int = 3, head: str = "softmax",
+                  channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] = (2, 2, 2),
+                  num_res_units: int = 2, norm: str = "instance", groups: int = 8, dropout: float = 0.0,
+                  deep_supervision: bool = False, deep_supr_num: int = 2) -> torch.nn.Module:
+    """Build ``unet`` (monai.networks.nets.UNet) or ``dynunet`` (monai.networks.nets.DynUNet)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
+    if len(strides) != len(channels) - 1:
+        raise ValueError(f"need one stride per down-sampling: {len(channels)} channels, {len(strides)} strides")
+    n_out = out_channels(head)
+    if name == "unet":
+        return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=n_out, channels=list(channels),
+                    strides=list(strides), num_res_units=num_res_units, norm=norm_layer(norm, groups),
+                    dropout=dropout)
+    if name == "dynunet":
+        kernels = [[3] * spatial_dims] * len(channels)
+        return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=n_out,
+                       kernel_size=kernels, strides=[[1] * spatial_dims] + [[s] * spatial_dims for s in strides],
+                       upsample_kernel_size=[[s] * spatial_dims for s in strides], filters=list(channels),
+                       norm_name=norm_layer(norm, groups), dropout=dropout or None, res_block=num_res_units > 0,
+                       deep_supervision=deep_supervision, deep_supr_num=deep_supr_num)
+    raise ValueError(f"network name must be 'unet' or 'dynunet', not {name!r}")

@@ -1,0 +1,145 @@
+"""The LightningModule: patch training, whole-volume validation with sliding windows, config-driven optimiser.
+
+Example:
+    >>> module = LesionSegmentation(network=net, loss=loss, spatial_dims=3, roi_size=[64, 64, 64])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from pipeline.evaluation.metrics import dice, lesion_f1
+from pipeline.inference import lesion_probability
+from pipeline.models.losses import DeepSupervisionLoss
+
+__all__ = ["LesionSegmentation", "auto_precision"]
+
+log = logging.getLogger(__name__)
+
+
+def auto_precision(precision: str = "auto") -> str:
+    """``auto``: bf16/fp16 mixed precision on a GPU, fp32 on CPU (bf16 autocast is slower on most CPUs)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _lr_lambda(name: str, total_steps: int, warmup_steps: int, poly_exponent: float):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        if name == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if name == "poly":
+            return (1 - t) ** poly_exponent
+        return 1.0
+
+    return factor
+
+
+class LesionSegmentation(pl.LightningModule):
+    """Binary lesion segmentation around any MONAI network.
+
+    Args:
+        network: the segmentation net (2D or 3D); DynUNet's deep-supervision outputs are handled.
+        loss: a MONAI loss set up for ``head``.
+        head: ``softmax`` (2 channels) or ``sigmoid`` (1 channel).
+        spatial_dims: 3 for patch nets with sliding windows, 2 for slice nets.
+        roi_size: window size for validation (the training patch size).
+        optimizer: ``{"name": "adamw"|"sgd", "lr", "weight_decay", "momentum"}``.
+        scheduler: ``{"name": "cosine"|"poly"|"constant", "warmup_steps", "poly_exponent"}``, stepped per batch.
+        inferer: ``{"overlap", "mode", "sw_batch_size"}`` for validation windows.
+        threshold: probability above which a voxel is lesion.
+        val_images: how many validation cases to draw in the per-epoch picture.
+    """
+
+    def __init__(self, network: torch.nn.Module, loss: torch.nn.Module, head: str = "softmax", spatial_dims: int = 3,
+                 roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
+                 inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4):
+        super().__init__()
+        self.save_hyperparameters(ignore=["network", "loss"])
+        self.network = network
+        self.loss = DeepSupervisionLoss(loss)
+        self.head, self.spatial_dims, self.roi_size, self.threshold = head, spatial_dims, list(roi_size), threshold
+        self.optimizer_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.99, **(optimizer or {})}
+        self.scheduler_cfg = {"name": "cosine", "warmup_steps": 0, "poly_exponent": 0.9, **(scheduler or {})}
+        self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
+        self.val_images = val_images
+        self._pictures: list = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def _target(self, label: torch.Tensor) -> torch.Tensor:
+        return (label > 0.5).float()
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["image"])
+        loss = self.loss(logits, self._target(batch["label"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def predict_probability(self, image: torch.Tensor) -> torch.Tensor:
+        prob, _ = lesion_probability(self.network, image, self.spatial_dims, self.roi_size, self.head,
+                                     **self.inferer_cfg)
+        return prob
+
+    def validation_step(self, batch, batch_idx):
+        prob = self.predict_probability(batch["image"])
+        pred = (prob >= self.threshold).cpu().numpy()
+        truth = (batch["label"] > 0.5).cpu().numpy()
+        for i in range(len(pred)):
+            self.log("val/dice", dice(pred[i, 0], truth[i, 0]), on_epoch=True, batch_size=1, sync_dist=True,
+                     prog_bar=True)
+            self.log("val/lesion_f1", lesion_f1(pred[i, 0], truth[i, 0]), on_epoch=True, batch_size=1, sync_dist=True)
+            if len(self._pictures) < self.val_images:
+                self._pictures.append(_picture(batch["image"][i, 0].cpu().numpy(), truth[i, 0], pred[i, 0]))
+
+    def on_validation_epoch_end(self) -> None:
+        pictures, self._pictures = self._pictures, []
+        if not pictures or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        from pipeline.tracking import log_figure
+
+        from pipeline.evaluation.plots import overlay_grid
+
+        fig = overlay_grid(pictures, f"validation, epoch {self.current_epoch}: truth (green), prediction (red)")
+        log_figure(self.logger, fig, f"validation/epoch_{self.current_epoch:03d}.png")
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg["name"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        elif cfg["name"] == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
+                                  weight_decay=cfg["weight_decay"])
+        else:
+            raise ValueError(f"optimizer name must be 'adamw' or 'sgd', not {cfg['name']!r}")
+        s = self.scheduler_cfg
+        if s["name"] not in ("cosine", "poly", "constant"):
+            raise ValueError(f"scheduler name must be 'cosine', 'poly' or 'constant', not {s['name']!r}")
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s["name"], total, s["warmup_steps"],
+                                                                  s["poly_exponent"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _picture(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple:
+    """The axial slice (last axis) with the most truth (else prediction, else middle) for one case."""
+    weight = truth.reshape(-1, truth.shape[-1]).sum(0) if truth.ndim == 3 else None
+    if weight is None:  # 2D case: already a slice
+        return image, truth, pred
+    if weight.max() == 0:
+        weight = pred.reshape(-1, pred.shape[-1]).sum(0)
+    z = int(np.argmax(weight)) if weight.max() > 0 else truth.shape[-1] // 2
+    return image[..., z], truth[..., z], pred[..., z]

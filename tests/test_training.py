@@ -1,0 +1,143 @@
+"""Training end to end, as a user runs it: CLI and `monai.bundle run`, MLflow stores and servers, resume."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+TRAIN_YAML = ROOT / "bundles/stroke_mri_segmentation/configs/train.yaml"
+
+
+def tiny(manifest: Path, out: Path, tracking_uri: str, epochs: int = 2) -> list[str]:
+    """Overrides for a tiny run on the 4 mm synthetic set: 32^3 patches, a 3-level net, no workers."""
+    return ["--datalist", str(manifest), "--output_dir", str(out), "--tracking_uri", tracking_uri,
+            "--max_epochs", str(epochs), "--spacing", "[4.0, 4.0, 4.0]", "--patch_size_3d", "[32, 32, 32]",
+            "--patch_size_2d", "[32, 32]", "--network_def#channels", "[8, 16, 32]", "--network_def#strides", "[2, 2]",
+            "--num_workers", "0", "--trainer#check_val_every_n_epoch", "1", "--lightning_module#scheduler#warmup_steps",
+            "0", "--experiment_name", "tests"]
+
+
+def only_run(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_3d_training_writes_checkpoints_and_a_complete_mlflow_run(synth_set, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_cli("train", *tiny(synth_set[1], tmp_path / "out", uri), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and list(ckpts.glob("best-*.ckpt"))
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] and \
+        len(client.get_metric_history(run.info.run_id, "val/dice")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "val/lesion_f1")) == 2
+    assert run.data.params["network_def.channels"] == "[8, 16, 32]"
+    assert run.data.params["spatial_dims"] == "3" and run.data.params["patch_size"] == "[32, 32, 32]"
+    assert run.data.tags["manifest.sha256"] and run.data.tags["git.commit"]
+    assert run.data.tags["version.monai"].startswith("1.")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config" in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "config")} == {"config/config.yaml"}
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
+    assert len(pictures) == 2 and all(p.endswith(".png") for p in pictures)
+    assert any(a.startswith("model") for a in artifacts)  # the best checkpoint
+
+
+def test_2d_training_through_monai_bundle_run(synth_set, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(TRAIN_YAML), "--spatial_dims", "2",
+           *tiny(synth_set[1], tmp_path / "out", uri, epochs=1)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
+    state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    conv = next(v for k, v in state["state_dict"].items() if k.endswith("weight") and v.dim() > 2)
+    assert conv.dim() == 4  # a 2D network: (out, in, kx, ky)
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "val/dice")) == 1
+
+
+def test_resume_continues_the_run_to_the_configured_epochs_with_the_optimizer_state(synth_set, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "out"
+    first = run_cli("train", *tiny(synth_set[1], out, uri, epochs=1), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    after_one = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    steps_per_epoch = after_one["global_step"]
+    run_id = (out / "mlflow_run_id.txt").read_text().strip()
+
+    second = run_cli("train", *tiny(synth_set[1], out, uri, epochs=3), "--resume", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    final = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 2 and final["global_step"] == 3 * steps_per_epoch
+    # AdamW's step counter went on from the first run's: its state was restored, not restarted
+    adam_steps = {float(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {3.0 * steps_per_epoch}
+    client, run = only_run(uri)
+    assert run.info.run_id == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "epoch")]
+    assert len(client.get_metric_history(run_id, "val/dice")) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifacts), stopped after the test."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+           "--artifacts-destination", (tmp_path / "server-artifacts").as_uri(), "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_training_against_a_real_mlflow_server(synth_set, tmp_path, mlflow_server):
+    result = run_cli("train", *tiny(synth_set[1], tmp_path / "out", mlflow_server, epochs=1), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(mlflow_server)
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val/dice")) == 1
+    assert "config" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+
+
+def test_unknown_config_id_is_one_line_with_a_suggestion(tmp_path):
+    result = run_cli("train", "--max_epoch", "2", cwd=ROOT)
+    assert result.returncode == 2
+    assert "no such config ID; did you mean --max_epochs?" in result.stderr
