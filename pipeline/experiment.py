@@ -21,7 +21,8 @@ from pipeline.errors import ConfigError
 __all__ = ["DEFAULT_CONFIG", "parse_overrides", "load_workflow", "flatten", "fit", "train"]
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = "bundles/stroke_mri_segmentation/configs/train.yaml"
+# the repository's bundle (an editable install keeps the package beside it)
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "bundles/stroke_mri_segmentation/configs/train.yaml")
 PLAIN = (int, float, str, bool, type(None))
 
 
@@ -103,6 +104,19 @@ def _resolved_snapshot(parser) -> dict:
     return out
 
 
+def _new_params(logger, params: dict) -> dict:
+    """On resume, MLflow refuses to change a logged param: keep the new ones, tag the changed ones."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    if not isinstance(logger, MLFlowLogger):
+        return params
+    logged = logger.experiment.get_run(logger.run_id).data.params
+    changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)}
+    if changed:
+        logger.experiment.set_tag(logger.run_id, "resume.changed_params", str(changed)[:5000])
+    return {k: v for k, v in params.items() if k not in logged}
+
+
 def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, datalist: str | None = None,
         config_file: str | None = None) -> str:
     """Log the run's context and parameters, train (from ``output_dir``'s last checkpoint with ``resume``),
@@ -115,8 +129,8 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
     log_run_context(trainer.logger, output_dir, datalist, config_file)
     if config_file and Path(config_file).is_file() and trainer.logger is not None:
         params = {k.replace("#", "."): v for k, v in flatten(yaml.safe_load(Path(config_file).read_text())).items()
-                  if not k.startswith(("run", "initialize", "finalize", "imports"))}
-        trainer.logger.log_hyperparams(params)
+                  if not k.startswith(("run", "initialize", "finalize", "imports", "resume", "config_snapshot"))}
+        trainer.logger.log_hyperparams(_new_params(trainer.logger, params) if resume else params)
     last = output_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if resume and ckpt_path is None:

@@ -1,17 +1,37 @@
-"""Lesion probability from a network: sliding windows in 3D, slice by slice in 2D.
+"""Prediction: sliding windows (3D) or slices (2D), mirroring TTA, post-processing, masks on the scanner grid.
+
+The probability map is computed on the model's grid (RAS, training spacing, cropped to the head) and
+resampled once, with MONAI's ``ResampleToMatch``, onto the grid of the case's first channel (DWI), then
+thresholded there (nnU-Net's order). The written mask therefore has exactly that file's shape, affine,
+qform and sform, whatever its orientation, obliquity or slice thickness.
 
 Example:
-    >>> prob = lesion_probability(net, image, spatial_dims=3, roi_size=[64, 64, 64])  # doctest: +SKIP
+    >>> predictor = Predictor.from_path("outputs/train/checkpoints/best-040.ckpt")  # doctest: +SKIP
+    >>> result = predictor.predict_case({"id": "s1", "image": ["dwi.nii.gz", "adc.nii.gz", "flair.nii.gz"]})
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
+import cc3d
+import nibabel as nib
+import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import SliceInferer, SlidingWindowInferer
+from monai.transforms import ResampleToMatch
 
-__all__ = ["make_inferer", "logits_to_probability", "lesion_probability"]
+from pipeline.errors import InputError
+
+__all__ = ["make_inferer", "logits_to_probability", "lesion_probability", "Settings", "Predictor",
+           "remove_small_lesions"]
+
+log = logging.getLogger(__name__)
+BACKGROUND_LOGIT = 20.0
 
 
 def make_inferer(spatial_dims: int, roi_size: Sequence[int], overlap: float = 0.5, mode: str = "gaussian",
@@ -31,19 +51,160 @@ def logits_to_probability(logits: torch.Tensor, head: str) -> torch.Tensor:
     return torch.sigmoid(logits.float())
 
 
+class SkipEmptyWindows(torch.nn.Module):
+    """Run the network only on windows with any non-zero input; windows wholly outside the head (zero
+    after brain-masked normalisation) get confident background logits without a forward pass."""
+
+    def __init__(self, network: torch.nn.Module, head: str):
+        super().__init__()
+        self.network, self.head = network, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = x.flatten(1).abs().amax(1) > 0
+        if bool(keep.all()):
+            return self.network(x)
+        channels = 2 if self.head == "softmax" else 1
+        out = torch.full((x.shape[0], channels, *x.shape[2:]), -BACKGROUND_LOGIT, dtype=x.dtype, device=x.device)
+        if self.head == "softmax":
+            out[:, 0] = BACKGROUND_LOGIT
+        if bool(keep.any()):
+            out[keep] = self.network(x[keep]).to(out.dtype)
+        return out
+
+
 @torch.no_grad()
 def lesion_probability(network: torch.nn.Module, image: torch.Tensor, spatial_dims: int, roi_size: Sequence[int],
                        head: str = "softmax", overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4,
-                       tta_axes: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       tta_axes: Sequence[int] = (), skip_empty: bool = True, stitch_device=None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean lesion probability over the identity and one mirror per axis in ``tta_axes`` (spatial axes,
     0-based); also the voxel-wise variance across them when there is more than one."""
-    inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size)
+    inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size, device=stitch_device)
+    net = SkipEmptyWindows(network, head) if skip_empty else network
     probs = []
     for axis in [None, *tta_axes]:
         x = image if axis is None else torch.flip(image, dims=[axis + 2])
-        p = logits_to_probability(inferer(x, network), head)
+        p = logits_to_probability(inferer(x, net), head)
         probs.append(p if axis is None else torch.flip(p, dims=[axis + 2]))
     if len(probs) == 1:
         return probs[0], None
     stack = torch.stack(probs)
     return stack.mean(0), stack.var(0, unbiased=False)
+
+
+def remove_small_lesions(mask: np.ndarray, voxel_ml: float, min_lesion_ml: float) -> np.ndarray:
+    """Drop 26-connected components smaller than ``min_lesion_ml``."""
+    if min_lesion_ml <= 0 or not mask.any():
+        return mask
+    return cc3d.dust(mask.astype(np.uint8), threshold=int(np.ceil(min_lesion_ml / voxel_ml)),
+                     connectivity=26, in_place=False).astype(bool)
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything inference needs besides the weights; saved with checkpoints and bundles."""
+
+    spatial_dims: int = 3
+    roi_size: Sequence[int] = (64, 64, 64)
+    head: str = "softmax"
+    channels: int = 3
+    spacing: Sequence[float] | None = (2.0, 2.0, 2.0)
+    register: bool = False
+    n4: bool = False
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 4
+    tta_axes: Sequence[int] = ()
+    threshold: float = 0.5
+    min_lesion_ml: float = 0.0
+    stitch_on_cpu_above_voxels: int = 32_000_000
+
+    @classmethod
+    def from_checkpoint(cls, hparams: dict) -> Settings:
+        pre = hparams.get("preprocessing") or {}
+        inferer = hparams.get("inferer") or {}
+        return cls(spatial_dims=hparams["spatial_dims"], roi_size=list(hparams["roi_size"]), head=hparams["head"],
+                   channels=pre.get("channels", 3), spacing=pre.get("spacing"), register=pre.get("register", False),
+                   n4=pre.get("n4", False), mode=inferer.get("mode", "gaussian"),
+                   threshold=hparams.get("threshold", 0.5))
+
+
+def _network_from_checkpoint(path: Path, device) -> tuple[torch.nn.Module, Settings]:
+    from pipeline.models.networks import build_network
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    config = ckpt.get("network_config")
+    if not config:
+        raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(path))
+    network = build_network(**config)
+    state = {k[len("network."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    network.load_state_dict(state)
+    return network.to(device).eval(), Settings.from_checkpoint(ckpt["hyper_parameters"])
+
+
+class Predictor:
+    """Segments cases of a manifest with one trained model.
+
+    Args:
+        network: the trained net (eval mode).
+        settings: preprocessing, window and post-processing settings.
+        device: where the network runs.
+    """
+
+    def __init__(self, network: torch.nn.Module, settings: Settings, device: str | torch.device = "cpu"):
+        from pipeline.data.transforms import val_transforms
+
+        self.network, self.settings, self.device = network.eval(), settings, torch.device(device)
+        s = settings
+        self.preprocess = val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4, with_label=False)
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str | None = None, **overrides) -> Predictor:
+        """From a Lightning checkpoint (``.ckpt``) or a bundle folder; ``overrides`` replace settings."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = Path(path)
+        if path.is_dir():
+            from pipeline.bundle import load_bundle
+
+            network, settings = load_bundle(path, device)
+        elif path.is_file():
+            network, settings = _network_from_checkpoint(path, device)
+        else:
+            raise InputError("model not found (give a .ckpt file or a bundle folder)", path=str(path))
+        settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        return cls(network, settings, device)
+
+    def probability(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image]:
+        """Lesion probability (and TTA variance) on the grid of the case's first image, and that image."""
+        s = self.settings
+        reference = nib.load(case["image"][0])
+        image = self.preprocess(dict(case))["image"]
+        big = image[0].numel() > s.stitch_on_cpu_above_voxels and self.device.type != "cpu"
+        prob, var = lesion_probability(self.network, image[None].to(self.device), s.spatial_dims, s.roi_size,
+                                       s.head, s.overlap, s.mode, s.sw_batch_size, s.tta_axes,
+                                       stitch_device=torch.device("cpu") if big else None)
+        dst = MetaTensor(torch.zeros((1, *reference.shape[:3])), affine=torch.as_tensor(reference.affine))
+        to_native = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+        native = [to_native(MetaTensor(m[0].float().cpu(), affine=image.affine), dst)[0].numpy()
+                  if m is not None else None for m in (prob, var)]
+        return native[0], native[1], reference
+
+    def predict_case(self, case: dict) -> dict:
+        """``{"mask": uint8, "prob": float32, "unc": float32 | None, "reference": image, "lesion_ml", "components"}``."""
+        prob, unc, reference = self.probability(case)
+        voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
+        mask = remove_small_lesions(prob >= self.settings.threshold, voxel_ml, self.settings.min_lesion_ml)
+        components = int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1]) if mask.any() else 0
+        return dict(mask=mask.astype(np.uint8), prob=prob.astype(np.float32), unc=unc, reference=reference,
+                    lesion_ml=float(mask.sum()) * voxel_ml, components=components)
+
+
+def like_reference(data: np.ndarray, reference: nib.Nifti1Image, dtype) -> nib.Nifti1Image:
+    """A NIfTI on exactly the reference's grid: its affine, qform and sform (with their codes) and units."""
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
+    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    img.header.set_slope_inter(1.0, 0.0)
+    return img

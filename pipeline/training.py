@@ -60,11 +60,14 @@ class LesionSegmentation(pl.LightningModule):
         inferer: ``{"overlap", "mode", "sw_batch_size"}`` for validation windows.
         threshold: probability above which a voxel is lesion.
         val_images: how many validation cases to draw in the per-epoch picture.
+        preprocessing: ``{"channels", "spacing", "register", "n4"}`` of the deterministic transforms, saved
+            with checkpoints so inference prepares images the same way.
     """
 
     def __init__(self, network: torch.nn.Module, loss: torch.nn.Module, head: str = "softmax", spatial_dims: int = 3,
                  roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
-                 inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4):
+                 inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4,
+                 preprocessing: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
@@ -75,6 +78,9 @@ class LesionSegmentation(pl.LightningModule):
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
         self.val_images = val_images
         self._pictures: list = []
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["network_config"] = getattr(self.network, "build_config", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -108,9 +114,8 @@ class LesionSegmentation(pl.LightningModule):
         pictures, self._pictures = self._pictures, []
         if not pictures or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        from pipeline.tracking import log_figure
-
         from pipeline.evaluation.plots import overlay_grid
+        from pipeline.tracking import log_figure
 
         fig = overlay_grid(pictures, f"validation, epoch {self.current_epoch}: truth (green), prediction (red)")
         log_figure(self.logger, fig, f"validation/epoch_{self.current_epoch:03d}.png")

@@ -56,7 +56,7 @@ def test_3d_training_writes_checkpoints_and_a_complete_mlflow_run(synth_set, tmp
     assert {a.path for a in client.list_artifacts(run.info.run_id, "config")} == {"config/config.yaml"}
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
     assert len(pictures) == 2 and all(p.endswith(".png") for p in pictures)
-    assert any(a.startswith("model") for a in artifacts)  # the best checkpoint
+    assert any(a.startswith("best-") for a in artifacts)  # the best checkpoint, logged by MLFlowLogger
 
 
 def test_2d_training_through_monai_bundle_run(synth_set, tmp_path):

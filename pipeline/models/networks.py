@@ -59,6 +59,18 @@ def build_network(name: str = "unet", spatial_dims: int = 3, in_channels: int = 
     if len(strides) != len(channels) - 1:
         raise ValueError(f"need one stride per down-sampling: {len(channels)} channels, {len(strides)} strides")
     n_out = out_channels(head)
+    config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels, head=head, channels=list(channels),
+                  strides=list(strides), num_res_units=num_res_units, norm=norm, groups=groups, dropout=dropout,
+                  deep_supervision=deep_supervision, deep_supr_num=deep_supr_num)
+    net = _build(config, n_out)
+    net.build_config = config  # saved with checkpoints, so inference can rebuild the net
+    return net
+
+
+def _build(c: dict, n_out: int) -> torch.nn.Module:
+    name, spatial_dims, in_channels, channels, strides = (c["name"], c["spatial_dims"], c["in_channels"],
+                                                          c["channels"], c["strides"])
+    num_res_units, norm, groups, dropout = c["num_res_units"], c["norm"], c["groups"], c["dropout"]
     if name == "unet":
         return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=n_out, channels=list(channels),
                     strides=list(strides), num_res_units=num_res_units, norm=norm_layer(norm, groups),
@@ -69,5 +81,5 @@ def build_network(name: str = "unet", spatial_dims: int = 3, in_channels: int = 
                        kernel_size=kernels, strides=[[1] * spatial_dims] + [[s] * spatial_dims for s in strides],
                        upsample_kernel_size=[[s] * spatial_dims for s in strides], filters=list(channels),
                        norm_name=norm_layer(norm, groups), dropout=dropout or None, res_block=num_res_units > 0,
-                       deep_supervision=deep_supervision, deep_supr_num=deep_supr_num)
+                       deep_supervision=c["deep_supervision"], deep_supr_num=c["deep_supr_num"])
     raise ValueError(f"network name must be 'unet' or 'dynunet', not {name!r}")

@@ -1,0 +1,110 @@
+"""Segment every case of a manifest: atomic outputs, no overwriting, one bad case never stops the rest.
+
+Example:
+    >>> report = segment_datalist(predictor, "data_manifests/synthetic.json", "outputs/predictions")  # doctest: +SKIP
+    >>> report.failures  # [(case id, one-line reason), ...]
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.manifest import load_manifest
+from pipeline.errors import InputError, find_pipeline_error
+from pipeline.inference import Predictor, like_reference
+from pipeline.io import atomic_path, save_nifti_atomic
+
+__all__ = ["segment_datalist", "BatchReport", "select_cases", "check_output_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchReport:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    volumes: list[dict] = field(default_factory=list)
+
+
+def select_cases(manifest: str | Path, split: str = "testing", dataset_dir=None) -> list[dict]:
+    """Cases of ``testing``, ``training`` or ``all``."""
+    data = load_manifest(manifest, dataset_dir)
+    if split not in ("testing", "training", "all"):
+        raise InputError(f"split must be testing, training or all, not {split!r}", path=str(manifest))
+    return (data.get("training", []) + data.get("testing", [])) if split == "all" else data.get(split, [])
+
+
+def check_output_dir(output: Path, cases: list[dict]) -> None:
+    """Refuse an output folder that holds any input file (outputs never overwrite inputs)."""
+    out = output.resolve()
+    for case in cases:
+        for path in case["image"] + ([case["label"]] if case.get("label") else []):
+            if out in Path(path).resolve().parents:
+                raise InputError("the output folder holds this input file; choose another --output",
+                                 case=str(case["id"]), path=str(path))
+
+
+def _reason(err: Exception) -> str:
+    known = find_pipeline_error(err)
+    if known is not None:
+        return known.reason if isinstance(known, InputError) else str(known)
+    while err.__cause__ is not None and str(err).startswith("applying transform"):
+        err = err.__cause__  # MONAI wraps errors raised inside transforms
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def segment_datalist(predictor: Predictor, manifest: str | Path, output: str | Path, split: str = "testing",
+                     dataset_dir=None, overwrite: bool = False, save_prob: bool = False, save_unc: bool = False,
+                     progress: bool = True) -> BatchReport:
+    """Write ``OUT/<id>.nii.gz`` (uint8) per case (and ``_prob``/``_unc`` maps), plus ``OUT/volumes.csv``."""
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    cases = select_cases(manifest, split, dataset_dir)
+    check_output_dir(output, cases)
+    output.mkdir(parents=True, exist_ok=True)
+    report = BatchReport()
+    for case in tqdm(cases, desc="segmenting", unit="case", disable=not progress):
+        cid = str(case["id"])
+        target = output / f"{cid}.nii.gz"
+        if target.exists() and not overwrite:
+            report.skipped.append(cid)
+            log.warning("%s: %s exists; kept (use --overwrite to replace)", cid, target)
+            continue
+        try:
+            result = predictor.predict_case(case)
+            ref = result["reference"]
+            if save_prob:
+                save_nifti_atomic(like_reference(result["prob"], ref, np.float32), output / f"{cid}_prob.nii.gz")
+            if save_unc and result["unc"] is not None:
+                save_nifti_atomic(like_reference(result["unc"], ref, np.float32), output / f"{cid}_unc.nii.gz")
+            save_nifti_atomic(like_reference(result["mask"], ref, np.uint8), target)
+        except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+            reason = _reason(err)
+            report.failures.append((cid, reason))
+            log.error("%s: %s: %s", cid, case["image"][0], reason)
+            log.debug("traceback", exc_info=True)
+            continue
+        report.written.append(cid)
+        report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"]))
+    _write_volumes(output / "volumes.csv", report.volumes)
+    return report
+
+
+def _write_volumes(path: Path, rows: list[dict]) -> None:
+    """Merge this run's rows into ``volumes.csv`` (rows of cases not re-run are kept)."""
+    old = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            old = {r["id"]: r for r in csv.DictReader(f)}
+    old.update({r["id"]: r for r in rows})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "lesion_ml", "components"])
+        writer.writeheader()
+        writer.writerows(old[k] for k in sorted(old))
