@@ -16,8 +16,14 @@ SPACING ?= 2
 SEED ?= 0
 DATA_DIR ?= data/synthetic
 MANIFEST ?= data_manifests/synthetic.json
+TRAIN_DIR ?= outputs/train
+PRED_DIR ?= outputs/predictions
+EVAL_DIR ?= outputs/evaluation
+# the best checkpoint of the last training
+MODEL ?= $(shell ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
+RUN_ID = $(shell cat $(TRAIN_DIR)/mlflow_run_id.txt 2>/dev/null)
 
-.PHONY: help install data validate preview train mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview train infer evaluate mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,7 +56,15 @@ preview: $(MANIFEST) ## PNG montage of a few cases of MANIFEST
 	$(PY) -m pipeline preview $(MANIFEST) --out $(DATA_DIR)/preview.png
 
 train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (ARGS="--ID VALUE ..." overrides the config)
-	$(PY) -m pipeline train --datalist $(MANIFEST) $(ARGS)
+	$(PY) -m pipeline train --datalist $(MANIFEST) --output_dir $(TRAIN_DIR) $(ARGS)
+
+infer: $(MANIFEST) ## segment MANIFEST's test split with MODEL (default: the last training's best) into PRED_DIR
+	@test -n "$(MODEL)" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }
+	$(PY) -m pipeline infer --model $(MODEL) --datalist $(MANIFEST) --output $(PRED_DIR) --overwrite $(ARGS)
+
+evaluate: $(MANIFEST) ## ISLES'22 metrics, plots and report.html of PRED_DIR in EVAL_DIR (logged to the training's MLflow run)
+	$(PY) -m pipeline evaluate --datalist $(MANIFEST) --predictions $(PRED_DIR) --output $(EVAL_DIR) \
+	  $(if $(RUN_ID),--run-id $(RUN_ID))
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -74,6 +75,38 @@ def _train(args, overrides: list[str]) -> int:
     return EXIT_OK
 
 
+def _infer(args) -> int:
+    from pipeline.batch_inference import segment_datalist
+    from pipeline.inference import Predictor
+
+    overrides = dict(tta_axes=[0, 1, 2] if args.tta else None, overlap=args.overlap, threshold=args.threshold,
+                     min_lesion_ml=args.min_lesion_ml)
+    predictor = Predictor.from_path(args.model, device=args.device, **overrides)
+    report = segment_datalist(predictor, args.datalist, args.output, split=args.split, dataset_dir=args.dataset_dir,
+                              overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc)
+    print(f"{len(report.written)} written, {len(report.skipped)} kept (exist; --overwrite replaces), "
+          f"{len(report.failures)} failed -> {args.output}")
+    for cid, reason in report.failures:
+        print(f"FAILED {cid}: {reason}", file=sys.stderr)
+    return EXIT_PROBLEMS if report.failures else EXIT_OK
+
+
+def _evaluate(args) -> int:
+    from pipeline.evaluation.report import evaluate
+
+    summary = evaluate(args.datalist, args.predictions, args.output, split=args.split, dataset_dir=args.dataset_dir,
+                       tolerance_mm=args.tolerance_mm, run_id=args.run_id, tracking_uri=args.tracking_uri)
+    for name in ("dice", "lesion_f1", "avd_ml", "lesion_count_diff", "hd95_mm"):
+        s = summary["metrics"].get(name)
+        if s and s["mean"] is not None:
+            print(f"{name:>18}: mean {s['mean']:.4f}  median {s['median']:.4f}  95% CI {s['ci95'][0]:.4f}-"
+                  f"{s['ci95'][1]:.4f}  (n={s['n']})")
+    print(f"report: {Path(args.output) / 'report.html'}")
+    for failure in summary["failures"]:
+        print(f"FAILED {failure['id']}: {failure['reason']}", file=sys.stderr)
+    return EXIT_PROBLEMS if summary["failures"] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Stroke-lesion segmentation on MONAI.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -111,6 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--dataset-dir")
     p.set_defaults(func=_preview)
+    p = sub.add_parser("infer", help="segment the cases of a manifest with a checkpoint or bundle")
+    p.add_argument("--model", required=True, help="a .ckpt from training or a bundle folder")
+    p.add_argument("--datalist", required=True, help="manifest JSON")
+    p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
+    p.add_argument("--output", required=True, help="folder for <id>.nii.gz masks and volumes.csv")
+    p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
+    p.add_argument("--tta", action="store_true", help="average over mirrored copies (3 axes)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's setting)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
+    p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")
+    p.add_argument("--save-unc", action="store_true", help="also write <id>_unc.nii.gz (TTA variance; needs --tta)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_infer)
+
+    p = sub.add_parser("evaluate", help="ISLES'22 metrics of predicted masks: CSV, summary, plots, HTML report")
+    p.add_argument("--datalist", required=True)
+    p.add_argument("--dataset-dir")
+    p.add_argument("--predictions", required=True, help="folder with <id>.nii.gz masks")
+    p.add_argument("--output", required=True)
+    p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="normalised surface Dice tolerance")
+    p.add_argument("--run-id", help="also log metrics and files to this MLflow run")
+    p.add_argument("--tracking-uri", help="MLflow store of --run-id (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("train", help="train from the bundle's train config; --ID VALUE overrides any config ID",
                        epilog="example: python -m pipeline train --max_epochs 2 --spatial_dims 2 "
                               "--network_def#channels '[8, 16, 32]'")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.manifest import load_manifest
-from pipeline.errors import InputError, find_pipeline_error
+from pipeline.errors import InputError, describe_error
 from pipeline.inference import Predictor, like_reference
 from pipeline.io import atomic_path, save_nifti_atomic
 
@@ -50,15 +50,6 @@ def check_output_dir(output: Path, cases: list[dict]) -> None:
                                  case=str(case["id"]), path=str(path))
 
 
-def _reason(err: Exception) -> str:
-    known = find_pipeline_error(err)
-    if known is not None:
-        return known.reason if isinstance(known, InputError) else str(known)
-    while err.__cause__ is not None and str(err).startswith("applying transform"):
-        err = err.__cause__  # MONAI wraps errors raised inside transforms
-    return f"{type(err).__name__}: {err}".splitlines()[0]
-
-
 def segment_datalist(predictor: Predictor, manifest: str | Path, output: str | Path, split: str = "testing",
                      dataset_dir=None, overwrite: bool = False, save_prob: bool = False, save_unc: bool = False,
                      progress: bool = True) -> BatchReport:
@@ -86,7 +77,7 @@ def segment_datalist(predictor: Predictor, manifest: str | Path, output: str | P
                 save_nifti_atomic(like_reference(result["unc"], ref, np.float32), output / f"{cid}_unc.nii.gz")
             save_nifti_atomic(like_reference(result["mask"], ref, np.uint8), target)
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-            reason = _reason(err)
+            reason = describe_error(err)
             report.failures.append((cid, reason))
             log.error("%s: %s: %s", cid, case["image"][0], reason)
             log.debug("traceback", exc_info=True)

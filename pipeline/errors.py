@@ -5,7 +5,7 @@ The CLI turns these into one line on stderr and a non-zero exit; ``--debug`` sho
 
 from __future__ import annotations
 
-__all__ = ["PipelineError", "InputError", "ConfigError", "find_pipeline_error"]
+__all__ = ["PipelineError", "InputError", "ConfigError", "find_pipeline_error", "describe_error"]
 
 
 class PipelineError(Exception):
@@ -39,3 +39,15 @@ def find_pipeline_error(err: BaseException | None) -> PipelineError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for a user: the PipelineError's message, else the innermost cause's type and message
+    (MONAI's ``applying transform ...`` wrappers are skipped)."""
+    known = find_pipeline_error(err)
+    if known is not None:
+        return known.reason if isinstance(known, InputError) else str(known)
+    while err.__cause__ is not None and str(err).startswith("applying transform"):
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"

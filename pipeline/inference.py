@@ -117,6 +117,7 @@ class Settings:
     tta_axes: Sequence[int] = ()
     threshold: float = 0.5
     min_lesion_ml: float = 0.0
+    inside_head_only: bool = True
     stitch_on_cpu_above_voxels: int = 32_000_000
 
     @classmethod
@@ -183,14 +184,20 @@ class Predictor:
         prob, var = lesion_probability(self.network, image[None].to(self.device), s.spatial_dims, s.roi_size,
                                        s.head, s.overlap, s.mode, s.sw_batch_size, s.tta_axes,
                                        stitch_device=torch.device("cpu") if big else None)
+        if s.inside_head_only:  # no lesion where every channel is zero (outside the brain-masked head)
+            head = (image != 0).any(0, keepdim=True)[None].to(prob.device)
+            prob = prob * head
+            var = var * head if var is not None else None
         dst = MetaTensor(torch.zeros((1, *reference.shape[:3])), affine=torch.as_tensor(reference.affine))
         to_native = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
-        native = [to_native(MetaTensor(m[0].float().cpu(), affine=image.affine), dst)[0].numpy()
-                  if m is not None else None for m in (prob, var)]
-        return native[0], native[1], reference
+        plain = lambda m: (m.as_tensor() if isinstance(m, MetaTensor) else m)[0].float().cpu()  # noqa: E731
+        native = [to_native(MetaTensor(plain(m), affine=image.affine), dst)[0].numpy() if m is not None else None
+                  for m in (prob, var)]
+        return np.clip(native[0], 0, 1), native[1], reference
 
     def predict_case(self, case: dict) -> dict:
-        """``{"mask": uint8, "prob": float32, "unc": float32 | None, "reference": image, "lesion_ml", "components"}``."""
+        """Mask (uint8), probability and TTA variance maps on the case's own grid, its reference image,
+        lesion volume (mL) and component count."""
         prob, unc, reference = self.probability(case)
         voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
         mask = remove_small_lesions(prob >= self.settings.threshold, voxel_ml, self.settings.min_lesion_ml)

@@ -31,7 +31,7 @@ def overlay_grid(pictures: list[tuple], title: str, names: list[str] | None = No
     """A row of (image, truth, prediction) slices; returns the matplotlib figure."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(pictures), figsize=(2.8 * len(pictures), 3.1), squeeze=False)
-    for i, (ax, (image, truth, pred)) in enumerate(zip(axes[0], pictures)):
+    for i, (ax, (image, truth, pred)) in enumerate(zip(axes[0], pictures, strict=False)):
         draw_overlay(ax, image, truth, pred, names[i] if names else f"case {i}")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -1,0 +1,226 @@
+"""Evaluate predicted masks against a manifest's labels: metrics.csv, summary.json, plots, report.html.
+
+Example:
+    >>> summary = evaluate("data_manifests/synthetic.json", "outputs/predictions",
+    ...                    "outputs/evaluation")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.data.validation import read_volume, same_grid
+from pipeline.errors import InputError, describe_error
+from pipeline.evaluation.metrics import METRIC_COLUMNS, case_metrics
+from pipeline.evaluation.plots import draw_overlay
+from pipeline.io import atomic_path, write_json_atomic
+
+__all__ = ["evaluate", "summarise", "bootstrap_ci"]
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(n, len(values)), replace=True).mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean, median, std, 95% bootstrap CI and count of finite values for every metric."""
+    out = {}
+    for col in METRIC_COLUMNS:
+        v = np.array([r[col] for r in rows], float)
+        finite = v[np.isfinite(v)]
+        lo, hi = bootstrap_ci(v)
+        out[col] = dict(mean=float(finite.mean()) if len(finite) else None,
+                        median=float(np.median(finite)) if len(finite) else None,
+                        std=float(finite.std(ddof=1)) if len(finite) > 1 else None,
+                        ci95=[lo, hi] if len(finite) else None, n=int(len(finite)))
+    return out
+
+
+def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float) -> tuple[dict, tuple]:
+    cid = str(case["id"])
+    pred_path = predictions / f"{cid}.nii.gz"
+    try:
+        truth, truth_img = read_volume(case["label"])
+    except ValueError as err:
+        raise InputError(str(err), case=cid, path=case["label"]) from None
+    try:
+        pred, pred_img = read_volume(pred_path)
+    except ValueError as err:
+        raise InputError(f"prediction: {err}", case=cid, path=str(pred_path)) from None
+    if not same_grid(pred_img, truth_img):
+        raise InputError(f"prediction grid {pred_img.shape} differs from the label's {truth_img.shape}",
+                         case=cid, path=str(pred_path))
+    spacing = truth_img.header.get_zooms()[:3]
+    truth, pred = np.squeeze(truth) > 0.5, np.squeeze(pred) > 0.5
+    row = dict(id=cid, **case_metrics(pred, truth, spacing, tolerance_mm))
+    image = np.squeeze(np.asanyarray(nib.load(case["image"][0]).dataobj)).astype(np.float32)
+    return row, _slice(image, truth, pred, truth_img.affine)
+
+
+def _slice(image, truth, pred, affine):
+    """The axial slice with the most truth (else prediction) in RAS display orientation."""
+    ornt = nib.orientations.io_orientation(affine)
+    to_ras = lambda a: nib.orientations.apply_orientation(a, ornt)  # noqa: E731
+    image, truth, pred = to_ras(image), to_ras(truth), to_ras(pred)
+    weight = truth.sum((0, 1)) if truth.any() else pred.sum((0, 1))
+    z = int(np.argmax(weight)) if weight.max() > 0 else truth.shape[2] // 2
+    return image[:, :, z], truth[:, :, z], pred[:, :, z]
+
+
+def _figures(rows: list[dict], slices: dict, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+    for ax, col in zip(axes, ("dice", "lesion_f1"), strict=True):
+        v = np.array([r[col] for r in rows], float)
+        ax.boxplot(v[np.isfinite(v)], widths=0.5, showfliers=False)
+        ax.scatter(1 + rng.uniform(-0.12, 0.12, len(v)), v, s=14, alpha=0.7, color="tab:blue", zorder=3)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks([1], [col])
+        ax.set_title(f"{col}: median {np.nanmedian(v):.3f} (n={len(v)})", fontsize=9)
+    fig.suptitle("Per-case scores (one dot per case)", fontsize=10)
+    fig.tight_layout()
+    files["scores"] = _save(fig, out / "per_case_scores.png")
+
+    true_ml = np.array([r["true_ml"] for r in rows])
+    pred_ml = np.array([r["pred_ml"] for r in rows])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.8))
+    top = max(true_ml.max(initial=0), pred_ml.max(initial=0)) * 1.05 + 1e-3
+    a1.plot([0, top], [0, top], "k--", lw=0.8)
+    a1.scatter(true_ml, pred_ml, s=16)
+    a1.set(xlabel="true lesion volume (mL)", ylabel="predicted volume (mL)", title="Predicted vs true volume")
+    mean, diff = (true_ml + pred_ml) / 2, pred_ml - true_ml
+    bias, sd = float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    a2.scatter(mean, diff, s=16)
+    for y, style in ((bias, "-"), (bias + 1.96 * sd, "--"), (bias - 1.96 * sd, "--")):
+        a2.axhline(y, color="tab:red", ls=style, lw=0.8)
+    a2.set(xlabel="mean of true and predicted (mL)", ylabel="predicted - true (mL)",
+           title=f"Bland-Altman: bias {bias:.2f} mL, limits ±{1.96 * sd:.2f}")
+    for a in (a1, a2):
+        a.title.set_fontsize(9)
+    fig.tight_layout()
+    files["volumes"] = _save(fig, out / "volumes.png")
+
+    order = sorted(rows, key=lambda r: r["dice"])
+    picks = order[-3:][::-1] + order[:3] if len(order) > 6 else order[::-1]
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 3.0), squeeze=False)
+    for ax, r in zip(axes[0], picks, strict=True):
+        draw_overlay(ax, *slices[r["id"]], title=f"{r['id']}\nDice {r['dice']:.2f}")
+    fig.suptitle("Best (left) and worst (right) cases: truth green, prediction red", fontsize=10)
+    fig.tight_layout()
+    files["overlays"] = _save(fig, out / "best_worst_cases.png")
+    return files
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: str) -> str:
+    def img(path: Path) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+
+    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else html.escape(str(v)))  # noqa: E731
+    head = "".join(f"<th>{c}</th>" for c in ("metric", "mean", "median", "std", "95% CI", "n"))
+    ci = lambda s: "" if not s["ci95"] else f"{s['ci95'][0]:.4g} – {s['ci95'][1]:.4g}"  # noqa: E731
+    body = "".join(f"<tr><td>{k}</td><td>{fmt(s['mean'])}</td><td>{fmt(s['median'])}</td><td>{fmt(s['std'])}</td>"
+                   f"<td>{ci(s)}</td><td>{s['n']}</td></tr>" for k, s in summary["metrics"].items())
+    cols = ["id", *METRIC_COLUMNS]
+    cases = "".join("<tr>" + "".join(f"<td>{fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+    fails = "".join(f"<li>{html.escape(c)}: {html.escape(m)}</li>" for c, m in failures)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(rows)} cases evaluated{f", {len(failures)} failed" if failures else ""}. ISLES'22 definitions: 26-connected
+lesions, a lesion is detected when it overlaps the other mask by one voxel or more; Dice and lesion F1 are 1 when
+both masks are empty. Volumes from the label header's voxel size. NSD at {summary['tolerance_mm']} mm.</p>
+<h2>Summary</h2><table><tr>{head}</tr>{body}</table>
+<h2>Per-case scores</h2>{img(files['scores'])}
+<h2>Lesion volume</h2>{img(files['volumes'])}
+<h2>Best and worst cases</h2>{img(files['overlays'])}
+{f"<h2>Failed cases</h2><ul>{fails}</ul>" if fails else ""}
+<h2>Every case</h2><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{cases}</table>
+</body></html>"""
+
+
+def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, split: str = "testing",
+             dataset_dir=None, tolerance_mm: float = 2.0, run_id: str | None = None, tracking_uri: str | None = None,
+             progress: bool = True) -> dict:
+    """Score every labelled case of ``split`` that has ``PREDICTIONS/<id>.nii.gz``; write the report files.
+
+    Returns the summary (also ``summary.json``), whose ``failures`` lists cases that could not be scored.
+    """
+    from tqdm.auto import tqdm
+
+    from pipeline.batch_inference import select_cases
+
+    predictions, output = Path(predictions), Path(output)
+    cases = [c for c in select_cases(manifest, split, dataset_dir) if c.get("label")]
+    if not cases:
+        raise InputError(f"no labelled cases in the '{split}' split", path=str(manifest))
+    rows, slices, failures = [], {}, []
+    for case in tqdm(cases, desc="evaluating", unit="case", disable=not progress):
+        cid = str(case["id"])
+        try:
+            row, slices[cid] = _evaluate_case(case, predictions, tolerance_mm)
+            rows.append(row)
+        except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+            failures.append((cid, describe_error(err)))
+            log.error("%s: %s", cid, failures[-1][1])
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", *METRIC_COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = dict(manifest=str(manifest), predictions=str(predictions), split=split, tolerance_mm=tolerance_mm,
+                   cases=len(rows), metrics=summarise(rows) if rows else {},
+                   failures=[dict(id=c, reason=m) for c, m in failures])
+    write_json_atomic(summary, output / "summary.json")
+    if rows:
+        files = _figures(rows, slices, output)
+        with atomic_path(output / "report.html") as tmp:
+            tmp.write_text(_html(summary, rows, files, failures, f"Lesion segmentation report: {Path(manifest).name}"))
+    if run_id:
+        _log_to_mlflow(run_id, tracking_uri, summary, output)
+    return summary
+
+
+def _log_to_mlflow(run_id: str, tracking_uri: str | None, summary: dict, output: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import resolve_tracking_uri
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    for name, stats in summary["metrics"].items():
+        if stats["mean"] is not None:
+            client.log_metric(run_id, f"{summary['split']}/{name}", stats["mean"])
+    client.log_artifacts(run_id, str(output), f"evaluation_{summary['split']}")
+    log.info("logged the evaluation to MLflow run %s", run_id)
+
