@@ -19,11 +19,12 @@ MANIFEST ?= data_manifests/synthetic.json
 TRAIN_DIR ?= outputs/train
 PRED_DIR ?= outputs/predictions
 EVAL_DIR ?= outputs/evaluation
-# the best checkpoint of the last training
-MODEL ?= $(shell ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
-RUN_ID = $(shell cat $(TRAIN_DIR)/mlflow_run_id.txt 2>/dev/null)
+BUNDLE ?= bundles/stroke_mri_segmentation
+# MODEL: a checkpoint or bundle for `make infer`; default: the best checkpoint of the last training.
+# (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
+LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview train infer evaluate mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview train infer evaluate bundle demo mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,12 +60,32 @@ train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (ARGS="--ID VALUE .
 	$(PY) -m pipeline train --datalist $(MANIFEST) --output_dir $(TRAIN_DIR) $(ARGS)
 
 infer: $(MANIFEST) ## segment MANIFEST's test split with MODEL (default: the last training's best) into PRED_DIR
-	@test -n "$(MODEL)" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }
-	$(PY) -m pipeline infer --model $(MODEL) --datalist $(MANIFEST) --output $(PRED_DIR) --overwrite $(ARGS)
+	@model="$${MODEL:-$(LAST_BEST)}"; \
+	test -n "$$model" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
+	set -x; $(PY) -m pipeline infer --model "$$model" --datalist $(MANIFEST) --output $(PRED_DIR) --overwrite $(ARGS)
 
 evaluate: $(MANIFEST) ## ISLES'22 metrics, plots and report.html of PRED_DIR in EVAL_DIR (logged to the training's MLflow run)
+	@run_id=$$(cat $(TRAIN_DIR)/mlflow_run_id.txt 2>/dev/null); set -x; \
 	$(PY) -m pipeline evaluate --datalist $(MANIFEST) --predictions $(PRED_DIR) --output $(EVAL_DIR) \
-	  $(if $(RUN_ID),--run-id $(RUN_ID))
+	  $${run_id:+--run-id $$run_id}
+
+bundle: $(STAMP) ## export the last training's best checkpoint into BUNDLE (model.pt, model.ts) and verify it
+	@ckpt="$(LAST_BEST)"; \
+	test -n "$$ckpt" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
+	set -x; $(PY) -m pipeline export --checkpoint "$$ckpt" --bundle $(BUNDLE)
+
+demo: ## everything on a fresh machine: install, data, train, infer, evaluate, export and verify the bundle
+	@start=$$(date +%s); \
+	rm -rf $(TRAIN_DIR) $(PRED_DIR) $(EVAL_DIR) outputs/bundle_predictions; \
+	$(MAKE) --no-print-directory install data && \
+	$(MAKE) --no-print-directory train && \
+	$(MAKE) --no-print-directory infer evaluate bundle && \
+	$(PY) -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) \
+	  --datalist $(MANIFEST) --output_dir outputs/bundle_predictions --overwrite true && \
+	echo && echo "demo finished in $$(( $$(date +%s) - start )) s" && \
+	echo "  report:      $(EVAL_DIR)/report.html" && \
+	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
+	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

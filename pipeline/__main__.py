@@ -107,6 +107,17 @@ def _evaluate(args) -> int:
     return EXIT_PROBLEMS if summary["failures"] else EXIT_OK
 
 
+def _export(args) -> int:
+    from pipeline.bundle import export_bundle, log_bundle_to_run
+
+    meta = export_bundle(args.checkpoint, args.bundle)
+    print(f"exported {args.checkpoint} -> {args.bundle} version {meta['version']}: models/model.pt, models/model.ts; "
+          "metadata, network in/out and TorchScript verified")
+    if not args.no_mlflow and (run_id := log_bundle_to_run(args.bundle, args.checkpoint)):
+        print(f"bundle zip logged to MLflow run {run_id}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Stroke-lesion segmentation on MONAI.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -170,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="also log metrics and files to this MLflow run")
     p.add_argument("--tracking-uri", help="MLflow store of --run-id (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write a bundle's model.pt/model.ts from a checkpoint and verify the bundle")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt from training")
+    p.add_argument("--bundle", default="bundles/stroke_mri_segmentation", help="bundle folder to fill")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the bundle zip to the training's MLflow run")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("train", help="train from the bundle's train config; --ID VALUE overrides any config ID",
                        epilog="example: python -m pipeline train --max_epochs 2 --spatial_dims 2 "

@@ -19,7 +19,7 @@ from pipeline.errors import InputError, describe_error
 from pipeline.inference import Predictor, like_reference
 from pipeline.io import atomic_path, save_nifti_atomic
 
-__all__ = ["segment_datalist", "BatchReport", "select_cases", "check_output_dir"]
+__all__ = ["segment_datalist", "segment_cases", "BatchReport", "select_cases", "check_output_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,17 @@ def segment_datalist(predictor: Predictor, manifest: str | Path, output: str | P
                      dataset_dir=None, overwrite: bool = False, save_prob: bool = False, save_unc: bool = False,
                      progress: bool = True) -> BatchReport:
     """Write ``OUT/<id>.nii.gz`` (uint8) per case (and ``_prob``/``_unc`` maps), plus ``OUT/volumes.csv``."""
+
+    return segment_cases(predictor, select_cases(manifest, split, dataset_dir), output, overwrite, save_prob,
+                         save_unc, progress)
+
+
+def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, overwrite: bool = False,
+                  save_prob: bool = False, save_unc: bool = False, progress: bool = True) -> BatchReport:
+    """:func:`segment_datalist` over a list of cases with absolute paths."""
     from tqdm.auto import tqdm
 
     output = Path(output)
-    cases = select_cases(manifest, split, dataset_dir)
     check_output_dir(output, cases)
     output.mkdir(parents=True, exist_ok=True)
     report = BatchReport()

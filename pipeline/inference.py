@@ -27,8 +27,8 @@ from monai.transforms import ResampleToMatch
 
 from pipeline.errors import InputError
 
-__all__ = ["make_inferer", "logits_to_probability", "lesion_probability", "Settings", "Predictor",
-           "remove_small_lesions"]
+__all__ = ["make_inferer", "logits_to_probability", "lesion_probability", "Settings", "Predictor", "Postprocess",
+           "remove_small_lesions", "like_reference"]
 
 log = logging.getLogger(__name__)
 BACKGROUND_LOGIT = 20.0
@@ -75,11 +75,13 @@ class SkipEmptyWindows(torch.nn.Module):
 @torch.no_grad()
 def lesion_probability(network: torch.nn.Module, image: torch.Tensor, spatial_dims: int, roi_size: Sequence[int],
                        head: str = "softmax", overlap: float = 0.5, mode: str = "gaussian", sw_batch_size: int = 4,
-                       tta_axes: Sequence[int] = (), skip_empty: bool = True, stitch_device=None
+                       tta_axes: Sequence[int] = (), skip_empty: bool = True, stitch_device=None, inferer=None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean lesion probability over the identity and one mirror per axis in ``tta_axes`` (spatial axes,
-    0-based); also the voxel-wise variance across them when there is more than one."""
-    inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size, device=stitch_device)
+    0-based); also the voxel-wise variance across them when there is more than one. ``inferer`` replaces
+    the one built from the window arguments."""
+    if inferer is None:
+        inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size, device=stitch_device)
     net = SkipEmptyWindows(network, head) if skip_empty else network
     probs = []
     for axis in [None, *tta_axes]:
@@ -90,6 +92,20 @@ def lesion_probability(network: torch.nn.Module, image: torch.Tensor, spatial_di
         return probs[0], None
     stack = torch.stack(probs)
     return stack.mean(0), stack.var(0, unbiased=False)
+
+
+class Postprocess:
+    """Probability -> mask: threshold, then drop 26-connected lesions under ``min_lesion_ml``.
+
+    Example:
+        >>> mask = Postprocess(threshold=0.5, min_lesion_ml=0.1)(prob, voxel_ml=0.008)  # doctest: +SKIP
+    """
+
+    def __init__(self, threshold: float = 0.5, min_lesion_ml: float = 0.0):
+        self.threshold, self.min_lesion_ml = threshold, min_lesion_ml
+
+    def __call__(self, prob: np.ndarray, voxel_ml: float) -> np.ndarray:
+        return remove_small_lesions(prob >= self.threshold, voxel_ml, self.min_lesion_ml)
 
 
 def remove_small_lesions(mask: np.ndarray, voxel_ml: float, min_lesion_ml: float) -> np.ndarray:
@@ -150,14 +166,21 @@ class Predictor:
         network: the trained net (eval mode).
         settings: preprocessing, window and post-processing settings.
         device: where the network runs.
+        preprocessing, inferer, postprocessing: replace the ones built from ``settings`` (a bundle's
+            inference config passes its own).
     """
 
-    def __init__(self, network: torch.nn.Module, settings: Settings, device: str | torch.device = "cpu"):
+    def __init__(self, network: torch.nn.Module, settings: Settings, device: str | torch.device = "cpu",
+                 preprocessing=None, inferer=None, postprocessing: Postprocess | None = None):
         from pipeline.data.transforms import val_transforms
 
-        self.network, self.settings, self.device = network.eval(), settings, torch.device(device)
         s = settings
-        self.preprocess = val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4, with_label=False)
+        self.device = torch.device(device)
+        self.network, self.settings = network.to(self.device).eval(), settings
+        self.preprocess = preprocessing or val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4,
+                                                          with_label=False)
+        self.inferer = inferer
+        self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str | None = None, **overrides) -> Predictor:
@@ -183,7 +206,7 @@ class Predictor:
         big = image[0].numel() > s.stitch_on_cpu_above_voxels and self.device.type != "cpu"
         prob, var = lesion_probability(self.network, image[None].to(self.device), s.spatial_dims, s.roi_size,
                                        s.head, s.overlap, s.mode, s.sw_batch_size, s.tta_axes,
-                                       stitch_device=torch.device("cpu") if big else None)
+                                       stitch_device=torch.device("cpu") if big else None, inferer=self.inferer)
         if s.inside_head_only:  # no lesion where every channel is zero (outside the brain-masked head)
             head = (image != 0).any(0, keepdim=True)[None].to(prob.device)
             prob = prob * head
@@ -200,7 +223,7 @@ class Predictor:
         lesion volume (mL) and component count."""
         prob, unc, reference = self.probability(case)
         voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
-        mask = remove_small_lesions(prob >= self.settings.threshold, voxel_ml, self.settings.min_lesion_ml)
+        mask = self.postprocess(prob, voxel_ml)
         components = int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1]) if mask.any() else 0
         return dict(mask=mask.astype(np.uint8), prob=prob.astype(np.float32), unc=unc, reference=reference,
                     lesion_ml=float(mask.sum()) * voxel_ml, components=components)
