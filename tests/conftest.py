@@ -40,3 +40,22 @@ def synth_set(tmp_path_factory) -> tuple[Path, Path]:
     synthesize(root / "data", subjects=6, seed=7, spacing=4.0, manifest=root / "synth.json",
                folds=2, test_fraction=0.2, progress=False)
     return root / "data", root / "synth.json"
+
+
+def tiny_overrides(manifest: Path, out: Path, tracking_uri: str, epochs: int = 2) -> list[str]:
+    """Overrides for a tiny run on the 4 mm synthetic set: 32^3 patches, a 3-level net, no workers."""
+    return ["--datalist", str(manifest), "--output_dir", str(out), "--tracking_uri", tracking_uri,
+            "--max_epochs", str(epochs), "--spacing", "[4.0, 4.0, 4.0]", "--patch_size_3d", "[32, 32, 32]",
+            "--patch_size_2d", "[32, 32]", "--network_def#channels", "[8, 16, 32]", "--network_def#strides", "[2, 2]",
+            "--num_workers", "0", "--trainer#check_val_every_n_epoch", "1", "--lightning_module#scheduler#warmup_steps",
+            "0", "--experiment_name", "tests"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synth_set, tmp_path_factory) -> Path:
+    """The best checkpoint of a 1-epoch tiny training on the synthetic set (trained once per session)."""
+    root = tmp_path_factory.mktemp("tiny_training")
+    result = run_cli("train", *tiny_overrides(synth_set[1], root / "out", f"sqlite:///{root}/mlflow.db", epochs=1),
+                     cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next((root / "out" / "checkpoints").glob("best-*.ckpt"))

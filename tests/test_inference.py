@@ -101,21 +101,16 @@ def test_output_folder_holding_inputs_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tmp_path):
-    """train (1 epoch) -> infer -> evaluate, as a user runs them; the report files exist and agree."""
-    from test_training import tiny
-
-    out = tmp_path / "train"
-    assert run_cli("train", *tiny(synth_set[1], out, f"sqlite:///{tmp_path}/m.db", epochs=1),
-                   cwd=tmp_path).returncode == 0
-    ckpt = next((out / "checkpoints").glob("best-*.ckpt"))
+def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tiny_checkpoint, tmp_path):
+    """infer -> evaluate with a trained checkpoint, as a user runs them; the report files exist and agree."""
     pred = tmp_path / "pred"
-    result = run_cli("infer", "--model", str(ckpt), "--datalist", str(synth_set[1]), "--output", str(pred),
+    result = run_cli("infer", "--model", str(tiny_checkpoint), "--datalist", str(synth_set[1]), "--output", str(pred),
                      "--split", "all", "--tta", "--save-unc")
     assert result.returncode == 0, result.stderr[-2000:]
     cases = json.loads(synth_set[1].read_text())
     ids = sorted(c["id"] for c in cases["training"] + cases["testing"])
-    assert sorted(p.name.split(".")[0] for p in pred.glob("*.nii.gz") if "_" not in p.name.split(".")[0][4:]) == ids
+    assert sorted(p.name[: -len(".nii.gz")] for p in pred.glob("sub-strokecase????.nii.gz")) == ids
+    assert len(list(pred.glob("*_unc.nii.gz"))) == len(ids)
     result = run_cli("evaluate", "--datalist", str(synth_set[1]), "--predictions", str(pred), "--output",
                      str(tmp_path / "eval"), "--split", "all")
     assert result.returncode == 0, result.stderr[-2000:]

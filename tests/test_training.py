@@ -13,18 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
+from conftest import tiny_overrides as tiny
 
 pytestmark = pytest.mark.slow
 TRAIN_YAML = ROOT / "bundles/stroke_mri_segmentation/configs/train.yaml"
-
-
-def tiny(manifest: Path, out: Path, tracking_uri: str, epochs: int = 2) -> list[str]:
-    """Overrides for a tiny run on the 4 mm synthetic set: 32^3 patches, a 3-level net, no workers."""
-    return ["--datalist", str(manifest), "--output_dir", str(out), "--tracking_uri", tracking_uri,
-            "--max_epochs", str(epochs), "--spacing", "[4.0, 4.0, 4.0]", "--patch_size_3d", "[32, 32, 32]",
-            "--patch_size_2d", "[32, 32]", "--network_def#channels", "[8, 16, 32]", "--network_def#strides", "[2, 2]",
-            "--num_workers", "0", "--trainer#check_val_every_n_epoch", "1", "--lightning_module#scheduler#warmup_steps",
-            "0", "--experiment_name", "tests"]
 
 
 def only_run(tracking_uri: str):

@@ -1,0 +1,91 @@
+"""LightningDataModule over a manifest: fold split, cached deterministic transforms, seeded workers.
+
+Example:
+    >>> dm = StrokeDataModule("data_manifests/synthetic.json", train_transforms=..., val_transforms=...,
+    ...                       val_fold=0, cache="memory")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.transforms import Compose
+
+from pipeline.data.manifest import load_manifest
+from pipeline.errors import ConfigError
+
+__all__ = ["StrokeDataModule", "split_cases"]
+
+log = logging.getLogger(__name__)
+CACHES = ("memory", "disk", "none")
+
+
+def split_cases(cases: list[dict], val_fold: int | None, val_fraction: float = 0.2) -> tuple[list, list]:
+    """Training and validation cases: the manifest's ``val_fold``, or every k-th case when folds are absent."""
+    if val_fold is not None and all("fold" in c for c in cases):
+        train = [c for c in cases if c["fold"] != val_fold]
+        val = [c for c in cases if c["fold"] == val_fold]
+    else:
+        step = max(int(round(1 / val_fraction)), 2)
+        val = cases[::step]
+        train = [c for c in cases if c not in val]
+    if not train or not val:
+        raise ConfigError(f"fold {val_fold} leaves {len(train)} training and {len(val)} validation cases")
+    return train, val
+
+
+class StrokeDataModule(pl.LightningDataModule):
+    """Training patches and whole validation volumes from a manifest's ``training`` list.
+
+    Args:
+        datalist: manifest JSON path.
+        train_transforms, val_transforms: MONAI Compose chains; their deterministic prefix is cached.
+        dataset_dir: overrides the manifest's ``dataset_dir``.
+        val_fold: the manifest fold held out for validation.
+        cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
+        batch_size: volumes per training batch (each yields ``num_samples`` patches).
+        num_workers: DataLoader workers for training; validation loads in the main process.
+        seed: seeds the random transforms (workers get derived seeds from MONAI's DataLoader).
+    """
+
+    def __init__(self, datalist: str, train_transforms: Compose, val_transforms: Compose,
+                 dataset_dir: str | None = None, val_fold: int | None = 0, cache: str = "memory",
+                 cache_dir: str | None = None, batch_size: int = 2, num_workers: int = 0, seed: int = 0,
+                 exclude: list[str] | None = None):
+        super().__init__()
+        if cache not in CACHES:
+            raise ConfigError(f"cache must be one of {CACHES}, not {cache!r}")
+        self.datalist, self.dataset_dir, self.val_fold = datalist, dataset_dir, val_fold
+        self.train_tf, self.val_tf = train_transforms, val_transforms
+        self.cache, self.cache_dir = cache, cache_dir
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.exclude = set(exclude or [])
+        self.train_ds = self.val_ds = None
+
+    def _dataset(self, cases: list[dict], transform: Compose, name: str):
+        if self.cache == "memory":
+            return CacheDataset(cases, transform, num_workers=None, progress=False)
+        if self.cache == "disk":
+            cache_dir = Path(self.cache_dir or "outputs/cache") / name
+            return PersistentDataset(cases, transform, cache_dir=cache_dir)
+        return Dataset(cases, transform)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ds is not None:
+            return
+        cases = [c for c in load_manifest(self.datalist, self.dataset_dir)["training"] if c["id"] not in self.exclude]
+        train, val = split_cases(cases, self.val_fold)
+        log.info("fold %s: %d training, %d validation cases", self.val_fold, len(train), len(val))
+        self.train_tf.set_random_state(self.seed)
+        self.train_ds = self._dataset(train, self.train_tf, "train")
+        self.val_ds = self._dataset(val, self.val_tf, "val")
+
+    def train_dataloader(self):
+        return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=0)

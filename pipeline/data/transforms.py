@@ -1,0 +1,194 @@
+"""MONAI dictionary transforms for stroke MRI, built from config numbers.
+
+Three chains share one deterministic front (cached by the data module):
+
+* ``deterministic``: load every channel, resample channels onto the first channel's grid (ISLES'22
+  FLAIR has its own), optional SimpleITK registration and N4, orient RAS, resample to ``spacing``,
+  crop to the head, z-score each channel inside the brain (non-zero voxels).
+* ``train_transforms``: the above + patch sampling with a positive/negative ratio (3D patches or
+  axial 2D slices) + augmentation applied to the sampled region only.
+* ``val_transforms``: the deterministic chain on whole volumes (validation runs sliding windows).
+
+Example:
+    >>> t = train_transforms(channels=3, spatial_dims=3, spacing=[2, 2, 2], patch_size=[64, 64, 64],
+    ...                      augment={"elastic": {"prob": 0.2}})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from monai import transforms as mt
+
+from pipeline.errors import InputError
+
+__all__ = ["channel_keys", "deterministic", "sampling", "augmentation", "train_transforms", "val_transforms",
+           "SplitChannelsd", "DEFAULT_AUGMENT"]
+
+IMAGE, LABEL = "image", "label"
+
+DEFAULT_AUGMENT = {
+    "elastic": {"prob": 0.0, "sigma_range": [5.0, 8.0], "magnitude_range": [40.0, 120.0],
+                "grid_spacing_2d": [20, 20], "magnitude_range_2d": [1.0, 2.0]},
+    "affine": {"prob": 0.0, "rotate_deg": 15.0, "scale": 0.15},
+    "flip": {"prob": 0.0, "axes": [0, 1, 2]},
+    "intensity_scale": {"prob": 0.0, "factors": 0.1},
+    "intensity_shift": {"prob": 0.0, "offsets": 0.1},
+    "contrast": {"prob": 0.0, "gamma": [0.7, 1.5]},
+    "noise": {"prob": 0.0, "std": 0.1},
+    "smooth": {"prob": 0.0, "sigma": [0.5, 1.0]},
+    "bias_field": {"prob": 0.0, "coeff_range": [0.0, 0.1], "degree": 3},
+}
+
+
+def channel_keys(channels: int) -> list[str]:
+    return [f"{IMAGE}_{i}" for i in range(channels)]
+
+
+class SplitChannelsd(mt.MapTransform):
+    """Turn ``{"image": [f0, f1, ...]}`` into ``{"image_0": f0, "image_1": f1, ...}``.
+
+    Each channel is then loaded on its own grid, so channels on different grids can be resampled.
+    Raises ``InputError`` naming the case when the count differs from ``channels``.
+    """
+
+    def __init__(self, channels: int, key: str = IMAGE):
+        super().__init__([key])
+        self.channels = channels
+
+    def __call__(self, data):
+        d = dict(data)
+        files = d.pop(self.keys[0])
+        files = list(files) if isinstance(files, (list, tuple)) else [files]
+        if len(files) != self.channels:
+            raise InputError(f"{len(files)} image file(s) but the model takes {self.channels} channel(s)",
+                             case=str(d.get("id", "?")), path=str(files[0]) if files else None)
+        d.update(zip(channel_keys(self.channels), files))
+        return d
+
+
+def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bool = True,
+                  register: bool = False, n4: bool = False, crop_margin: int = 2) -> list:
+    """Load, align channels, (register, N4), orient RAS, resample, crop to head (no normalisation)."""
+    keys = channel_keys(channels)
+    label = [LABEL] if with_label else []
+    chain = [
+        SplitChannelsd(channels),
+        mt.LoadImaged(keys + label, reader="NibabelReader", ensure_channel_first=True, image_only=True,
+                      dtype=np.float32),
+    ]
+    if channels > 1:
+        chain.append(mt.ResampleToMatchd(keys[1:], key_dst=keys[0], mode="bilinear", padding_mode="zeros",
+                                         dtype=np.float32))
+    if register or n4:
+        from pipeline.data.sitk_transforms import N4BiasFieldd, RigidRegisterd
+
+        if register and channels > 1:
+            chain.append(RigidRegisterd(keys[1:], fixed_key=keys[0]))
+        if n4:
+            chain.append(N4BiasFieldd(keys))
+    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys),
+              mt.Orientationd([IMAGE] + label, axcodes="RAS")]
+    if spacing:
+        chain.append(mt.Spacingd([IMAGE] + label, pixdim=spacing, mode=["bilinear", "nearest"][: 1 + len(label)],
+                                 padding_mode="zeros", dtype=np.float32))
+    chain.append(mt.CropForegroundd([IMAGE] + label, source_key=IMAGE, margin=crop_margin, allow_smaller=True))
+    return chain
+
+
+def _normalise() -> list:
+    return [mt.NormalizeIntensityd(IMAGE, nonzero=True, channel_wise=True)]
+
+
+def _crop_size(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> list[int]:
+    """Region to sample: the patch plus a margin when spatial augmentation will resample it."""
+    spatial = any(augment.get(k, {}).get("prob", 0) > 0 for k in ("elastic", "affine"))
+    size = [math.ceil(s * 1.25) if spatial else int(s) for s in patch_size]
+    return size if spatial_dims == 3 else size + [1]
+
+
+def sampling(spatial_dims: int, patch_size: Sequence[int], augment: dict, pos: float = 1.0, neg: float = 1.0,
+             num_samples: int = 2) -> list:
+    """Pad to the sampling region, precompute fg/bg indices (cached), then draw patches (or axial slices)."""
+    crop = _crop_size(spatial_dims, patch_size, augment)
+    pad_to = crop if spatial_dims == 3 else crop[:2] + [-1]
+    keys = [IMAGE, LABEL]
+    chain = [
+        mt.SpatialPadd(keys, spatial_size=pad_to),
+        mt.FgBgToIndicesd(LABEL, image_key=IMAGE, image_threshold=0.0),
+        *_normalise(),
+        mt.RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=crop, pos=pos, neg=neg,
+                                  num_samples=num_samples, fg_indices_key=f"{LABEL}_fg_indices",
+                                  bg_indices_key=f"{LABEL}_bg_indices"),
+        mt.DeleteItemsd([f"{LABEL}_fg_indices", f"{LABEL}_bg_indices"]),
+    ]
+    if spatial_dims == 2:
+        chain.append(mt.SqueezeDimd(keys, dim=3))
+    return chain
+
+
+def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> list:
+    """Random spatial (on the sampled region, cropped to ``patch_size``) and intensity augmentation."""
+    a = {k: {**v, **augment.get(k, {})} for k, v in DEFAULT_AUGMENT.items()}
+    keys, modes = [IMAGE, LABEL], ["bilinear", "nearest"]
+    patch = [int(s) for s in patch_size]
+    chain = []
+    if a["affine"]["prob"] > 0:
+        rot = math.radians(a["affine"]["rotate_deg"])
+        chain.append(mt.RandAffined(keys, spatial_size=patch, prob=a["affine"]["prob"],
+                                    rotate_range=[rot] * (3 if spatial_dims == 3 else 1),
+                                    scale_range=[a["affine"]["scale"]] * spatial_dims, mode=modes,
+                                    padding_mode="zeros"))
+    e = a["elastic"]
+    if e["prob"] > 0:
+        if spatial_dims == 3:
+            chain.append(mt.Rand3DElasticd(keys, sigma_range=e["sigma_range"], magnitude_range=e["magnitude_range"],
+                                           spatial_size=patch, prob=e["prob"], mode=modes, padding_mode="zeros"))
+        else:
+            chain.append(mt.Rand2DElasticd(keys, spacing=e["grid_spacing_2d"], magnitude_range=e["magnitude_range_2d"],
+                                           spatial_size=patch, prob=e["prob"], mode=modes, padding_mode="zeros"))
+    chain.append(mt.CenterSpatialCropd(keys, roi_size=patch))  # the margin goes when no spatial aug fired
+    for axis in a["flip"]["axes"]:
+        if a["flip"]["prob"] > 0 and axis < spatial_dims:
+            chain.append(mt.RandFlipd(keys, prob=a["flip"]["prob"], spatial_axis=axis))
+    if a["intensity_scale"]["prob"] > 0:
+        chain.append(mt.RandScaleIntensityd(IMAGE, factors=a["intensity_scale"]["factors"],
+                                            prob=a["intensity_scale"]["prob"], channel_wise=True))
+    if a["intensity_shift"]["prob"] > 0:
+        chain.append(mt.RandShiftIntensityd(IMAGE, offsets=a["intensity_shift"]["offsets"],
+                                            prob=a["intensity_shift"]["prob"], channel_wise=True))
+    if a["contrast"]["prob"] > 0:
+        chain.append(mt.RandAdjustContrastd(IMAGE, gamma=a["contrast"]["gamma"], prob=a["contrast"]["prob"],
+                                            retain_stats=True))
+    if a["noise"]["prob"] > 0:
+        chain.append(mt.RandGaussianNoised(IMAGE, std=a["noise"]["std"], prob=a["noise"]["prob"]))
+    if a["smooth"]["prob"] > 0:
+        s = a["smooth"]["sigma"]
+        chain.append(mt.RandGaussianSmoothd(IMAGE, sigma_x=s, sigma_y=s, sigma_z=s, prob=a["smooth"]["prob"]))
+    if a["bias_field"]["prob"] > 0:
+        chain.append(mt.RandBiasFieldd(IMAGE, degree=a["bias_field"]["degree"],
+                                       coeff_range=a["bias_field"]["coeff_range"], prob=a["bias_field"]["prob"]))
+    return chain
+
+
+def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] | None, patch_size: Sequence[int],
+                     augment: dict | None = None, pos: float = 1.0, neg: float = 1.0, num_samples: int = 2,
+                     register: bool = False, n4: bool = False) -> mt.Compose:
+    """Deterministic front (cacheable), then patch sampling and augmentation."""
+    augment = augment or {}
+    if len(patch_size) != spatial_dims:
+        raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} values but spatial_dims is {spatial_dims}")
+    chain = deterministic(channels, spacing, True, register, n4)
+    chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples)
+    chain += augmentation(spatial_dims, patch_size, augment)
+    chain.append(mt.EnsureTyped([IMAGE, LABEL], track_meta=False))
+    return mt.Compose(chain)
+
+
+def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,
+                   with_label: bool = True) -> mt.Compose:
+    """Whole volumes, deterministic only: what validation and inference see."""
+    chain = deterministic(channels, spacing, with_label, register, n4) + _normalise()
+    return mt.Compose(chain)

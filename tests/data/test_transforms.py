@@ -1,0 +1,71 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_nifti
+from pipeline.data.manifest import load_manifest
+from pipeline.data.transforms import train_transforms, val_transforms
+from pipeline.errors import find_pipeline_error
+
+AUGMENT_ALL = {k: {"prob": 1.0} for k in ("elastic", "affine", "flip", "intensity_scale", "intensity_shift",
+                                          "contrast", "noise", "smooth", "bias_field")}
+
+
+@pytest.fixture(scope="module")
+def case(synth_set):
+    return load_manifest(synth_set[1])["training"][0]
+
+
+def test_val_chain_aligns_channels_on_other_grids_and_normalises_inside_brain(case):
+    out = val_transforms(channels=3, spacing=[4.0, 4.0, 4.0])(dict(case))
+    image, label = out["image"], out["label"]
+    assert image.shape[0] == 3 and image.shape[1:] == label.shape[1:]
+    assert nib.aff2axcodes(image.affine.numpy()) == ("R", "A", "S")
+    brain = image[0] != 0
+    for c in range(3):  # z-scored on non-zero voxels, FLAIR resampled from its own grid
+        values = image[c][image[c] != 0]
+        assert abs(float(values.mean())) < 0.05 and abs(float(values.std()) - 1) < 0.05
+        assert (image[c] != 0).float().mean() > 0.1
+    assert set(np.unique(label.numpy())) <= {0.0, 1.0}
+    assert brain.float().mean() > 0.2  # cropped to the head
+
+
+def test_lps_anisotropic_input_comes_out_ras_at_target_spacing(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = np.zeros((40, 30, 12), np.float32)
+    vol[5:35, 5:25, 2:10] = rng.random((30, 20, 8)) + 1
+    affine = np.diag([-1.0, -1.0, 5.0, 1.0])
+    write_nifti(tmp_path / "img.nii.gz", vol, affine)
+    write_nifti(tmp_path / "lab.nii.gz", (vol > 1.5).astype(np.uint8), affine)
+    out = val_transforms(channels=1, spacing=[2.0, 2.0, 2.0])({"image": [str(tmp_path / "img.nii.gz")],
+                                                               "label": str(tmp_path / "lab.nii.gz")})
+    assert nib.aff2axcodes(out["image"].affine.numpy()) == ("R", "A", "S")
+    assert np.allclose(np.abs(np.diag(out["image"].affine.numpy())[:3]), [2, 2, 2])
+
+
+@pytest.mark.parametrize("dims, patch", [(3, [32, 32, 32]), (2, [48, 48])])
+def test_training_patches_have_the_patch_size_and_a_lesion_when_positive(case, dims, patch):
+    t = train_transforms(channels=3, spatial_dims=dims, spacing=[4.0, 4.0, 4.0], patch_size=patch,
+                         augment=AUGMENT_ALL, pos=1.0, neg=0.0, num_samples=3)
+    t.set_random_state(1)
+    samples = t(dict(case))
+    assert len(samples) == 3
+    for s in samples:
+        assert tuple(s["image"].shape) == (3, *patch) and tuple(s["label"].shape) == (1, *patch)
+        assert torch.isfinite(s["image"]).all()
+        assert set(np.unique(s["label"].numpy())) <= {0.0, 1.0}
+    # pos=1: every patch is centred on a lesion voxel (an elastic/affine warp may move it a little)
+    assert sum(float(s["label"].sum()) > 0 for s in samples) >= 2
+
+
+def test_wrong_channel_count_names_the_case(case):
+    with pytest.raises(Exception) as info:
+        val_transforms(channels=1, spacing=None)(dict(case))
+    err = find_pipeline_error(info.value)
+    assert err is not None and err.case == case["id"] and "3 image file(s) but the model takes 1" in str(err)
+
+
+def test_patch_size_must_match_spatial_dims():
+    with pytest.raises(ValueError, match="spatial_dims is 3"):
+        train_transforms(channels=1, spatial_dims=3, spacing=None, patch_size=[32, 32])
