@@ -121,7 +121,7 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
         config_file: str | None = None) -> str:
     """Log the run's context and parameters, train (from ``output_dir``'s last checkpoint with ``resume``),
     and return the best checkpoint's path."""
-    from pipeline.tracking import log_run_context
+    from pipeline.tracking import log_checkpoint, log_run_context
 
     if logging.getLogger().handlers:  # lightning adds its own console handler: lines would print twice
         logging.getLogger("lightning").handlers.clear()
@@ -137,6 +137,7 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
         log.warning("--resume: no checkpoint at %s, starting from scratch", last)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    log_checkpoint(trainer.logger, best)
     log.info("best checkpoint: %s (val/dice %s)", best,
              getattr(trainer.checkpoint_callback, "best_model_score", None))
     return best

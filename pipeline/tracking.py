@@ -17,7 +17,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["resolve_tracking_uri", "mlflow_logger", "log_figure", "log_run_context", "RUN_ID_FILE"]
+__all__ = ["resolve_tracking_uri", "mlflow_logger", "log_figure", "log_run_context", "log_checkpoint", "RUN_ID_FILE"]
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -37,15 +37,14 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def mlflow_logger(experiment_name: str = "stroke_mri_segmentation", tracking_uri: str | None = None,
-                  run_name: str | None = None, output_dir: str | None = None, resume: bool = False,
-                  log_model: bool = True) -> MLFlowLogger:
+                  run_name: str | None = None, output_dir: str | None = None, resume: bool = False) -> MLFlowLogger:
     """Lightning's MLFlowLogger; with ``resume`` it continues the run recorded in ``output_dir``."""
     uri = resolve_tracking_uri(tracking_uri)
     run_id = None
     if resume and output_dir and (Path(output_dir) / RUN_ID_FILE).is_file():
         run_id = (Path(output_dir) / RUN_ID_FILE).read_text().strip()
         log.info("resuming MLflow run %s", run_id)
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, log_model=log_model,
+    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri,
                         artifact_location=_artifact_location(uri), run_id=run_id)
 
 
@@ -88,6 +87,13 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@rank_zero_only
+def log_checkpoint(logger, path: str | Path) -> None:
+    """Attach a checkpoint file to the run under ``checkpoints/``."""
+    if isinstance(logger, MLFlowLogger) and path and Path(path).is_file():
+        logger.experiment.log_artifact(logger.run_id, str(path), "checkpoints")
 
 
 @rank_zero_only

@@ -62,12 +62,13 @@ class LesionSegmentation(pl.LightningModule):
         val_images: how many validation cases to draw in the per-epoch picture.
         preprocessing: ``{"channels", "spacing", "register", "n4"}`` of the deterministic transforms, saved
             with checkpoints so inference prepares images the same way.
+        seed: with the epoch, reseeds torch's RNG at each epoch start.
     """
 
     def __init__(self, network: torch.nn.Module, loss: torch.nn.Module, head: str = "softmax", spatial_dims: int = 3,
                  roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
                  inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4,
-                 preprocessing: dict | None = None):
+                 preprocessing: dict | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
@@ -76,11 +77,15 @@ class LesionSegmentation(pl.LightningModule):
         self.optimizer_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.99, **(optimizer or {})}
         self.scheduler_cfg = {"name": "cosine", "warmup_steps": 0, "poly_exponent": 0.9, **(scheduler or {})}
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
-        self.val_images = val_images
+        self.val_images, self.seed = val_images, seed
         self._pictures: list = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["network_config"] = getattr(self.network, "build_config", None)
+
+    def on_train_epoch_start(self) -> None:
+        # torch's global RNG (dropout) restarts from (seed, epoch): a resumed run repeats an uninterrupted one
+        torch.manual_seed(int(np.random.default_rng([self.seed, self.current_epoch]).integers(2**31 - 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -86,7 +86,8 @@ def _other_grids(case: dict, out):
     variants["oblique"] = [(np.asanyarray(img.dataobj), rot @ img.affine) for img in imgs]
     thick = np.diag([1.5, 1.5, 5.0, 1.0])
     thick[:3, 3] = imgs[0].affine[:3, 3]
-    shape = tuple(int(n) for n in np.ceil(np.array(imgs[0].shape) * np.abs(np.diag(imgs[0].affine)[:3]) / [1.5, 1.5, 5]))
+    extent_mm = np.array(imgs[0].shape) * np.abs(np.diag(imgs[0].affine)[:3])
+    shape = tuple(int(n) for n in np.ceil(extent_mm / [1.5, 1.5, 5]))
     variants["thick"] = [(np.asanyarray(resample_from_to(img, (shape, thick), order=1).dataobj), thick)
                          if i < 2 else (np.asanyarray(img.dataobj), img.affine) for i, img in enumerate(imgs)]
     cases = []
@@ -102,7 +103,8 @@ def test_bundle_run_segments_other_orientations_and_spacings_on_their_own_grids(
     cases = _other_grids(case, tmp_path / "cases")
     (tmp_path / "cases.json").write_text(json.dumps({"testing": cases}))
     result = monai_bundle("run", "--config_file", str(exported / "configs" / "inference.yaml"), "--bundle_root",
-                          str(exported), "--datalist", str(tmp_path / "cases.json"), "--output_dir", str(tmp_path / "out"))
+                          str(exported), "--datalist", str(tmp_path / "cases.json"),
+                          "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-3000:]
     for c in cases:
         ref, mask = nib.load(c["image"][0]), nib.load(tmp_path / "out" / f"{c['id']}.nii.gz")
@@ -143,6 +145,7 @@ def test_bundle_run_exits_non_zero_when_a_case_fails(exported, tmp_path):
     (tmp_path / "bad.nii.gz").write_bytes(b"not an image")
     (tmp_path / "cases.json").write_text(json.dumps({"testing": [{"id": "bad", "image": ["bad.nii.gz"] * 3}]}))
     result = monai_bundle("run", "--config_file", str(exported / "configs" / "inference.yaml"), "--bundle_root",
-                          str(exported), "--datalist", str(tmp_path / "cases.json"), "--output_dir", str(tmp_path / "o"))
+                          str(exported), "--datalist", str(tmp_path / "cases.json"),
+                          "--output_dir", str(tmp_path / "o"))
     assert result.returncode != 0 and "bad" in result.stderr
     assert not (tmp_path / "o" / "bad.nii.gz").exists()

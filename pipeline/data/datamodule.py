@@ -11,13 +11,15 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from pipeline.data.manifest import load_manifest
 from pipeline.errors import ConfigError
 
-__all__ = ["StrokeDataModule", "split_cases"]
+__all__ = ["StrokeDataModule", "split_cases", "EpochSampler", "SeededItems"]
 
 log = logging.getLogger(__name__)
 CACHES = ("memory", "disk", "none")
@@ -37,6 +39,46 @@ def split_cases(cases: list[dict], val_fold: int | None, val_fraction: float = 0
     return train, val
 
 
+def _seed(*keys: int) -> int:
+    return int(np.random.default_rng(list(keys)).integers(2**31 - 1))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffles with (seed, epoch) and yields ``(epoch, index)`` pairs.
+
+    With :class:`SeededItems` every sample's augmentation then depends on (seed, epoch, index) only: the
+    same whatever the worker count, and the same after a resume as in an uninterrupted run. The epoch is
+    read when iteration starts (Lightning restores it before the first resumed epoch's loader is built).
+    """
+
+    def __init__(self, size: int, seed: int, epoch_fn):
+        self.size, self.seed, self.epoch_fn = size, seed, epoch_fn
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        epoch = int(self.epoch_fn())
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        return iter([(epoch, int(i)) for i in order])
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Wraps a MONAI dataset: item ``(epoch, index)`` is drawn with random transforms seeded by
+    (seed, epoch, index)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        self.dataset.transform.set_random_state(seed=_seed(self.seed, epoch, index))
+        return self.dataset[index]
+
+
 class StrokeDataModule(pl.LightningDataModule):
     """Training patches and whole validation volumes from a manifest's ``training`` list.
 
@@ -48,7 +90,7 @@ class StrokeDataModule(pl.LightningDataModule):
         cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
         batch_size: volumes per training batch (each yields ``num_samples`` patches).
         num_workers: DataLoader workers for training; validation loads in the main process.
-        seed: seeds the random transforms (workers get derived seeds from MONAI's DataLoader).
+        seed: with the epoch and the case index, seeds each training sample's augmentation.
     """
 
     def __init__(self, datalist: str, train_transforms: Compose, val_transforms: Compose,
@@ -79,13 +121,16 @@ class StrokeDataModule(pl.LightningDataModule):
         cases = [c for c in load_manifest(self.datalist, self.dataset_dir)["training"] if c["id"] not in self.exclude]
         train, val = split_cases(cases, self.val_fold)
         log.info("fold %s: %d training, %d validation cases", self.val_fold, len(train), len(val))
-        self.train_tf.set_random_state(self.seed)
         self.train_ds = self._dataset(train, self.train_tf, "train")
         self.val_ds = self._dataset(val, self.val_tf, "val")
 
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
     def train_dataloader(self):
-        return DataLoader(self.train_ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
+        sampler = EpochSampler(len(self.train_ds), self.seed, self._epoch)
+        return DataLoader(SeededItems(self.train_ds, self.seed), batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, drop_last=False)
 
     def val_dataloader(self):
         return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=0)

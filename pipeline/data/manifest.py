@@ -122,7 +122,7 @@ def build_manifest(root: str | Path, layout: str = "isles22", folds: int = 5, te
         return out | extra
 
     training, testing = [], []
-    for case, test, k, ml in zip(labelled, is_test, fold, volumes):
+    for case, test, k, ml in zip(labelled, is_test, fold, volumes, strict=False):
         extra = dict(lesion_ml=None if np.isnan(ml) else round(float(ml), 3))
         (testing if test else training).append(entry(case, **extra) if test else entry(case, fold=int(k), **extra))
     testing += [entry(c) for c in cases if c["label"] is None]

@@ -48,12 +48,12 @@ def preview_manifest(manifest: str | Path, out: str | Path, cases: int = 4, data
     channels = data.get("channels") or [f"channel {i}" for i in range(len(entries[0]["image"]))]
     ncol = len(channels) + 1
     fig, axes = plt.subplots(len(entries), ncol, figsize=(2.6 * ncol, 2.8 * len(entries)), squeeze=False)
-    for row, case in zip(axes, entries):
+    for row, case in zip(axes, entries, strict=False):
         paths = case["image"] + ([case["label"]] if case.get("label") else [])
         vols, ref = _on_first_grid(paths)
         mask = vols[-1] > 0.5 if case.get("label") else None
         z = axial_slice(mask, ref.shape)
-        for ax, vol, name in zip(row, vols, channels):
+        for ax, vol, name in zip(row, vols, channels, strict=False):
             sl = np.rot90(vol[:, :, z])
             ax.imshow(sl, cmap="gray", vmin=0, vmax=np.percentile(vol[vol > 0], 99.5) if (vol > 0).any() else 1)
             ax.set_title(f"{name.upper()}", fontsize=9)

@@ -169,7 +169,7 @@ def _lesion_map(anat: Anatomy, rng: np.random.Generator) -> tuple[np.ndarray, li
         noise /= noise.std() + 1e-8
         level = np.linalg.norm(rel, axis=0).reshape(hi - lo) + 0.3 * noise
         blob = 1 / (1 + np.exp(-(1 - level) / 0.06))
-        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=False))
         lesion[sl] = np.maximum(lesion[sl], blob * np.clip(tissue[sl], 0, 1))
     return lesion, volumes
 
@@ -178,7 +178,7 @@ def _bias_field(points: np.ndarray, rng: np.random.Generator, strength: float) -
     """Smooth multiplicative field: exp of a random quadratic polynomial over the head."""
     u = (points - FOV_CENTRE_MM[:, None]) / (FOV_MM[:, None] / 2)
     terms = [u[0], u[1], u[2], u[0] * u[1], u[0] * u[2], u[1] * u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2]
-    return np.exp(sum(c * t for c, t in zip(rng.normal(0, strength, len(terms)), terms)))
+    return np.exp(sum(c * t for c, t in zip(rng.normal(0, strength, len(terms)), terms, strict=False)))
 
 
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -65,7 +65,7 @@ class SplitChannelsd(mt.MapTransform):
         if len(files) != self.channels:
             raise InputError(f"{len(files)} image file(s) but the model takes {self.channels} channel(s)",
                              case=str(d.get("id", "?")), path=str(files[0]) if files else None)
-        d.update(zip(channel_keys(self.channels), files))
+        d.update(zip(channel_keys(self.channels), files, strict=False))
         return d
 
 
@@ -179,7 +179,8 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
     """Deterministic front (cacheable), then patch sampling and augmentation."""
     augment = augment or {}
     if len(patch_size) != spatial_dims:
-        raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} values but spatial_dims is {spatial_dims}")
+        raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} values "
+                         f"but spatial_dims is {spatial_dims}")
     chain = deterministic(channels, spacing, True, register, n4)
     chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples)
     chain += augmentation(spatial_dims, patch_size, augment)

@@ -73,7 +73,7 @@ def test_cli_exits_1_and_prints_each_damaged_file_with_its_case(damaged):
     result = run_cli("validate", str(manifest))
     assert result.returncode == 1, result.stderr
     for path in files.values():
-        line = next(l for l in result.stderr.splitlines() if str(path) in l)
+        line = next(x for x in result.stderr.splitlines() if str(path) in x)
         assert line.startswith("ERROR: sub-strokecase")
 
 
