@@ -45,7 +45,8 @@ def _manifest(args) -> int:
 def _validate(args) -> int:
     from pipeline.data.validation import validate_manifest
 
-    problems = validate_manifest(args.manifest, dataset_dir=args.dataset_dir)
+    problems = validate_manifest(args.manifest, dataset_dir=args.dataset_dir, volume_index=args.volume_index,
+                                 label_threshold=args.label_threshold)
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity != "error"]
     for p in errors:
@@ -118,6 +119,14 @@ def _export(args) -> int:
     return EXIT_OK
 
 
+def _mlflow_sync(args) -> int:
+    from pipeline.tracking import sync_runs
+
+    copied = sync_runs(args.source, args.target, args.experiment)
+    print(f"copied {len(copied)} run(s) to {args.target}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Stroke-lesion segmentation on MONAI.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -147,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--verbose", action="store_true", help="list every warning, not only the first three")
+    p.add_argument("--volume-index", type=int, help="accept 4D images, taking this volume (as the config key)")
+    p.add_argument("--label-threshold", type=float, help="accept probabilistic labels (as the config key)")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("preview", help="PNG montage of a manifest's cases")
@@ -187,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default="bundles/stroke_mri_segmentation", help="bundle folder to fill")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the bundle zip to the training's MLflow run")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("mlflow-sync", help="copy runs tracked offline (server unreachable) to a tracking server")
+    p.add_argument("--source", required=True, help="e.g. sqlite:///outputs/train/mlflow_offline.db")
+    p.add_argument("--target", required=True, help="e.g. http://mlflow.example.org:5000")
+    p.add_argument("--experiment", help="only this experiment")
+    p.set_defaults(func=_mlflow_sync)
 
     p = sub.add_parser("train", help="train from the bundle's train config; --ID VALUE overrides any config ID",
                        epilog="example: python -m pipeline train --max_epochs 2 --spatial_dims 2 "

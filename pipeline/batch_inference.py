@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,13 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
     check_output_dir(output, cases)
     output.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
+    counts = Counter(str(c["id"]) for c in cases)
     for case in tqdm(cases, desc="segmenting", unit="case", disable=not progress):
         cid = str(case["id"])
+        if counts[cid] > 1:
+            report.failures.append((cid, f"duplicate case id ({counts[cid]} cases): their outputs would collide"))
+            log.error("%s: %s: %s", cid, case["image"][0], report.failures[-1][1])
+            continue
         target = output / f"{cid}.nii.gz"
         if target.exists() and not overwrite:
             report.skipped.append(cid)

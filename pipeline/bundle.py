@@ -167,7 +167,7 @@ def export_bundle(checkpoint: str | Path, bundle: str | Path) -> dict:
     checkpoint, bundle = Path(checkpoint), Path(bundle)
     if not checkpoint.is_file():
         raise InputError("checkpoint not found", path=str(checkpoint))
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not ckpt.get("network_config"):
         raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(checkpoint))
     network, settings = _inference_values(ckpt)

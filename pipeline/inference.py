@@ -127,6 +127,7 @@ class Settings:
     spacing: Sequence[float] | None = (2.0, 2.0, 2.0)
     register: bool = False
     n4: bool = False
+    volume_index: int | None = None
     overlap: float = 0.5
     mode: str = "gaussian"
     sw_batch_size: int = 4
@@ -142,14 +143,14 @@ class Settings:
         inferer = hparams.get("inferer") or {}
         return cls(spatial_dims=hparams["spatial_dims"], roi_size=list(hparams["roi_size"]), head=hparams["head"],
                    channels=pre.get("channels", 3), spacing=pre.get("spacing"), register=pre.get("register", False),
-                   n4=pre.get("n4", False), mode=inferer.get("mode", "gaussian"),
+                   n4=pre.get("n4", False), volume_index=pre.get("volume_index"), mode=inferer.get("mode", "gaussian"),
                    threshold=hparams.get("threshold", 0.5))
 
 
 def _network_from_checkpoint(path: Path, device) -> tuple[torch.nn.Module, Settings]:
     from pipeline.models.networks import build_network
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt.get("network_config")
     if not config:
         raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(path))
@@ -178,7 +179,8 @@ class Predictor:
         self.device = torch.device(device)
         self.network, self.settings = network.to(self.device).eval(), settings
         self.preprocess = preprocessing or val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4,
-                                                          with_label=False)
+                                                          with_label=False, spatial_dims=s.spatial_dims,
+                                                          volume_index=s.volume_index)
         self.inferer = inferer
         self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml)
 
@@ -230,11 +232,13 @@ class Predictor:
 
 
 def like_reference(data: np.ndarray, reference: nib.Nifti1Image, dtype) -> nib.Nifti1Image:
-    """A NIfTI on exactly the reference's grid: its affine, qform and sform (with their codes) and units."""
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
+    """A NIfTI on exactly the reference's grid: its affine, qform and sform (with their codes) and units.
+
+    The header is new: no text field of the input (descrip, aux_file, intent name) is carried over.
+    """
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine)
     img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
     img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
-    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_zooms(reference.header.get_zooms()[:3])
+    img.header.set_xyzt_units(*reference.header.get_xyzt_units())
     return img

@@ -17,7 +17,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["resolve_tracking_uri", "mlflow_logger", "log_figure", "log_run_context", "log_checkpoint", "RUN_ID_FILE"]
+__all__ = ["resolve_tracking_uri", "mlflow_logger", "log_figure", "log_run_context", "log_checkpoint", "RUN_ID_FILE",
+           "server_unreachable", "sync_runs"]
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -36,10 +37,45 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+OFFLINE_DB = "mlflow_offline.db"
+
+
+def server_unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an http(s) tracking server cannot be reached (None when it answers, or for local stores)."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
+        return None
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
 def mlflow_logger(experiment_name: str = "stroke_mri_segmentation", tracking_uri: str | None = None,
-                  run_name: str | None = None, output_dir: str | None = None, resume: bool = False) -> MLFlowLogger:
-    """Lightning's MLFlowLogger; with ``resume`` it continues the run recorded in ``output_dir``."""
+                  run_name: str | None = None, output_dir: str | None = None, resume: bool = False,
+                  tracking_required: bool = False) -> MLFlowLogger:
+    """Lightning's MLFlowLogger; with ``resume`` it continues the run recorded in ``output_dir``.
+
+    An unreachable tracking server stops the run before training when ``tracking_required``; otherwise
+    the run is tracked in ``output_dir/mlflow_offline.db`` (said once), to copy over later with
+    ``python -m pipeline mlflow-sync``.
+    """
+    from pipeline.errors import ConfigError
+
     uri = resolve_tracking_uri(tracking_uri)
+    reason = server_unreachable(uri)
+    if reason is not None:
+        if tracking_required:
+            raise ConfigError(f"MLflow server {uri} is unreachable ({reason}) and tracking_required is true")
+        offline = Path(output_dir or ".").resolve() / OFFLINE_DB
+        log.warning("MLflow server %s is unreachable (%s): tracking this run in sqlite:///%s instead; copy it "
+                    "later with: python -m pipeline mlflow-sync --source sqlite:///%s --target %s",
+                    uri, reason, offline, offline, uri)
+        offline.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{offline}"
     run_id = None
     if resume and output_dir and (Path(output_dir) / RUN_ID_FILE).is_file():
         run_id = (Path(output_dir) / RUN_ID_FILE).read_text().strip()
@@ -105,10 +141,47 @@ def log_run_context(logger, output_dir: str | Path, datalist: str | None = None,
     client, run_id = logger.experiment, logger.run_id
     tags = {"git.commit": _git_commit(), **_versions()}
     if datalist and Path(datalist).is_file():
-        tags.update({"manifest.path": str(Path(datalist).resolve()), "manifest.sha256": sha256(datalist)})
+        tags.update({"manifest.name": Path(datalist).name, "manifest.sha256": sha256(datalist)})
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     if config_file and Path(config_file).is_file():
         client.log_artifact(run_id, str(config_file), "config")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / RUN_ID_FILE).write_text(run_id + "\n")
+
+
+def sync_runs(source: str, target: str, experiment_name: str | None = None) -> list[str]:
+    """Copy every run of ``source`` (e.g. an offline SQLite store) into ``target``: params, tags, metric
+    histories and artifacts; returns the new run ids. Runs copied before (tag ``synced_from``) are skipped."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    src, dst = MlflowClient(source), MlflowClient(target)
+    copied = []
+    for exp in src.search_experiments():
+        if experiment_name and exp.name != experiment_name:
+            continue
+        target_exp = dst.get_experiment_by_name(exp.name)
+        exp_id = target_exp.experiment_id if target_exp else dst.create_experiment(exp.name)
+        done = {r.data.tags.get("synced_from") for r in dst.search_runs([exp_id])}
+        for run in src.search_runs([exp.experiment_id]):
+            if run.info.run_id in done:
+                continue
+            new = dst.create_run(exp_id, run_name=run.info.run_name,
+                                 tags={**run.data.tags, "synced_from": run.info.run_id})
+            rid = new.info.run_id
+            params = [Param(k, v) for k, v in run.data.params.items()]
+            metrics = [Metric(m.key, m.value, m.timestamp, m.step) for key in run.data.metrics
+                       for m in src.get_metric_history(run.info.run_id, key)]
+            for i in range(0, max(len(params), len(metrics), 1), 100):
+                dst.log_batch(rid, metrics=metrics[i:i + 100], params=params[i:i + 100],
+                              tags=[RunTag("synced", "true")] if i == 0 else [])
+            with tempfile.TemporaryDirectory() as tmp:
+                local = src.download_artifacts(run.info.run_id, "", tmp)
+                if any(Path(local).iterdir()):
+                    dst.log_artifacts(rid, local)
+            dst.set_terminated(rid, run.info.status)
+            copied.append(rid)
+    return copied

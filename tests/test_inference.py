@@ -74,6 +74,24 @@ def test_written_masks_copy_the_grid_and_header_codes_and_tta_gives_uncertainty(
     assert rows[0] == "id,lesion_ml,components" and rows[1].startswith("case,") and rows[1].endswith(",1")
 
 
+def test_output_headers_carry_geometry_but_no_text_from_the_input(tmp_path):
+    case, _ = oblique_lps_case(tmp_path / "in")
+    img = nib.load(case["image"][0])
+    img.header["descrip"] = b"Doe^Jane 1950-01-01"
+    img.header["aux_file"] = b"ward7"
+    img.header.set_intent("estimate", name="patient")
+    nib.save(img, case["image"][0])
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": [case]}))
+    predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0]))
+    segment_datalist(predictor, manifest, tmp_path / "out", save_prob=True, progress=False)
+    for name in ("case.nii.gz", "case_prob.nii.gz"):
+        header = nib.load(tmp_path / "out" / name).header
+        assert header["descrip"].item() == b"" and header["aux_file"].item() == b""
+        assert header["intent_name"].item() == b""
+        assert np.allclose(header.get_zooms()[:3], img.header.get_zooms()[:3])
+
+
 def test_one_bad_case_is_reported_and_the_others_are_written_never_overwritten(tmp_path):
     good, _ = oblique_lps_case(tmp_path / "in", "good")
     bad, _ = oblique_lps_case(tmp_path / "in", "bad")

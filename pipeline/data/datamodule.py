@@ -17,7 +17,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from pipeline.data.manifest import load_manifest
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
 
 __all__ = ["StrokeDataModule", "split_cases", "EpochSampler", "SeededItems"]
 
@@ -91,12 +91,16 @@ class StrokeDataModule(pl.LightningDataModule):
         batch_size: volumes per training batch (each yields ``num_samples`` patches).
         num_workers: DataLoader workers for training; validation loads in the main process.
         seed: with the epoch and the case index, seeds each training sample's augmentation.
+        validate: open every training file first and refuse to start when any fails.
+        skip_bad_cases: leave failing cases out instead (their ids go to the MLflow tag ``skipped_cases``).
+        volume_index, label_threshold: as the transforms use them (4D images, probabilistic labels).
     """
 
     def __init__(self, datalist: str, train_transforms: Compose, val_transforms: Compose,
                  dataset_dir: str | None = None, val_fold: int | None = 0, cache: str = "memory",
                  cache_dir: str | None = None, batch_size: int = 2, num_workers: int = 0, seed: int = 0,
-                 exclude: list[str] | None = None):
+                 exclude: list[str] | None = None, validate: bool = True, skip_bad_cases: bool = False,
+                 volume_index: int | None = None, label_threshold: float | None = None):
         super().__init__()
         if cache not in CACHES:
             raise ConfigError(f"cache must be one of {CACHES}, not {cache!r}")
@@ -105,6 +109,9 @@ class StrokeDataModule(pl.LightningDataModule):
         self.cache, self.cache_dir = cache, cache_dir
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.exclude = set(exclude or [])
+        self.validate, self.skip_bad_cases = validate, skip_bad_cases
+        self.volume_index, self.label_threshold = volume_index, label_threshold
+        self.skipped: list[str] = []
         self.train_ds = self.val_ds = None
 
     def _dataset(self, cases: list[dict], transform: Compose, name: str):
@@ -115,9 +122,32 @@ class StrokeDataModule(pl.LightningDataModule):
             return PersistentDataset(cases, transform, cache_dir=cache_dir)
         return Dataset(cases, transform)
 
+    def _gate(self) -> None:
+        """Refuse to train on training cases that fail validation, or leave them out with ``skip_bad_cases``."""
+        from pipeline.data.validation import validate_manifest
+
+        errors = [p for p in validate_manifest(self.datalist, self.dataset_dir, splits=("training",),
+                                               volume_index=self.volume_index, label_threshold=self.label_threshold)
+                  if p.severity == "error"]
+        bad = sorted({p.case for p in errors})
+        if bad and not self.skip_bad_cases:
+            raise InputError(f"{len(bad)} training case(s) fail validation, first: {errors[0]}; see them all with "
+                             f"`python -m pipeline validate {self.datalist}`, or set skip_bad_cases: true",
+                             path=str(self.datalist))
+        if bad:
+            log.warning("skipping %d training case(s) that fail validation: %s", len(bad), ", ".join(bad))
+            self.skipped = bad
+            self.exclude |= set(bad)
+            logger = self.trainer.logger if self.trainer is not None else None
+            if logger is not None and hasattr(logger, "experiment") and hasattr(logger, "run_id"):
+                if self.trainer.is_global_zero:  # case ids only, never file paths
+                    logger.experiment.set_tag(logger.run_id, "skipped_cases", ",".join(bad)[:5000])
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is not None:
             return
+        if self.validate:
+            self._gate()
         cases = [c for c in load_manifest(self.datalist, self.dataset_dir)["training"] if c["id"] not in self.exclude]
         train, val = split_cases(cases, self.val_fold)
         log.info("fold %s: %d training, %d validation cases", self.val_fold, len(train), len(val))

@@ -70,14 +70,21 @@ class SplitChannelsd(mt.MapTransform):
 
 
 def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bool = True,
-                  register: bool = False, n4: bool = False, crop_margin: int = 2) -> list:
-    """Load, align channels, (register, N4), orient RAS, resample, crop to head (no normalisation)."""
+                  register: bool = False, n4: bool = False, crop_margin: int = 2, spatial_dims: int = 3,
+                  volume_index: int | None = None, label_threshold: float | None = None) -> list:
+    """Load with checks, align channels, (register, N4), orient RAS, resample, crop to head (no normalisation).
+
+    ``volume_index`` picks one volume of 4D images; ``label_threshold`` binarises probabilistic labels
+    (see :class:`~pipeline.data.checks.LoadCheckedd`).
+    """
+    from pipeline.data.checks import LoadCheckedd
+
     keys = channel_keys(channels)
     label = [LABEL] if with_label else []
     chain = [
         SplitChannelsd(channels),
-        mt.LoadImaged(keys + label, reader="NibabelReader", ensure_channel_first=True, image_only=True,
-                      dtype=np.float32),
+        LoadCheckedd(keys, label_key=LABEL if with_label else None, spatial_dims=spatial_dims,
+                     volume_index=volume_index, label_threshold=label_threshold),
     ]
     if channels > 1:
         chain.append(mt.ResampleToMatchd(keys[1:], key_dst=keys[0], mode="bilinear", padding_mode="zeros",
@@ -175,13 +182,15 @@ def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict) ->
 
 def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] | None, patch_size: Sequence[int],
                      augment: dict | None = None, pos: float = 1.0, neg: float = 1.0, num_samples: int = 2,
-                     register: bool = False, n4: bool = False) -> mt.Compose:
+                     register: bool = False, n4: bool = False, volume_index: int | None = None,
+                     label_threshold: float | None = None) -> mt.Compose:
     """Deterministic front (cacheable), then patch sampling and augmentation."""
     augment = augment or {}
     if len(patch_size) != spatial_dims:
         raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} values "
                          f"but spatial_dims is {spatial_dims}")
-    chain = deterministic(channels, spacing, True, register, n4)
+    chain = deterministic(channels, spacing, True, register, n4, spatial_dims=spatial_dims,
+                          volume_index=volume_index, label_threshold=label_threshold)
     chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples)
     chain += augmentation(spatial_dims, patch_size, augment)
     chain.append(mt.EnsureTyped([IMAGE, LABEL], track_meta=False))
@@ -189,7 +198,9 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
 
 
 def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,
-                   with_label: bool = True) -> mt.Compose:
+                   with_label: bool = True, spatial_dims: int = 3, volume_index: int | None = None,
+                   label_threshold: float | None = None) -> mt.Compose:
     """Whole volumes, deterministic only: what validation and inference see."""
-    chain = deterministic(channels, spacing, with_label, register, n4) + _normalise()
+    chain = deterministic(channels, spacing, with_label, register, n4, spatial_dims=spatial_dims,
+                          volume_index=volume_index, label_threshold=label_threshold) + _normalise()
     return mt.Compose(chain)

@@ -60,7 +60,7 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
     return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=AFFINE_ATOL_MM, rtol=1e-5)
 
 
-def _check_case(case: dict) -> list[Problem]:
+def _check_case(case: dict, volume_index: int | None = None, label_threshold: float | None = None) -> list[Problem]:
     cid, found = str(case["id"]), []
     add = lambda sev, path, msg: found.append(Problem(sev, cid, str(path), msg))  # noqa: E731
     first = None
@@ -70,7 +70,12 @@ def _check_case(case: dict) -> list[Problem]:
         except ValueError as err:
             add("error", path, str(err))
             continue
-        if not (data.ndim == 3 or (data.ndim == 4 and data.shape[3] == 1)):
+        if data.ndim == 4 and data.shape[3] > 1 and volume_index is not None:
+            data = data[..., volume_index]
+        if data.ndim == 4 and data.shape[3] > 1:
+            add("error", path, f"4D image with {data.shape[3]} volumes: choose one with the config key volume_index")
+            continue
+        if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 1):
             add("error", path, f"not a 3D volume: shape {data.shape}")
             continue
         values = data.astype(np.float32, copy=False)
@@ -94,7 +99,7 @@ def _check_case(case: dict) -> list[Problem]:
         values = np.unique(data[np.isfinite(data)]) if data.dtype.kind == "f" else np.unique(data)
         if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
             add("error", label, "label has NaN/Inf voxels")
-        if not set(values.tolist()) <= {0, 1}:
+        if label_threshold is None and not set(values.tolist()) <= {0, 1}:
             shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
             add("error", label, f"label is not binary: values {{{shown}}}")
         if first is not None:
@@ -107,20 +112,27 @@ def _check_case(case: dict) -> list[Problem]:
 
 
 def validate_manifest(path: str | Path, dataset_dir: str | Path | None = None, progress: bool = True,
-                      workers: int | None = None) -> list[Problem]:
-    """Open every file named in a manifest and return every problem found (errors and warnings)."""
+                      workers: int | None = None, splits: tuple[str, ...] = ("training", "testing"),
+                      volume_index: int | None = None, label_threshold: float | None = None) -> list[Problem]:
+    """Open every file of the manifest's ``splits`` and return every problem found (errors and warnings).
+
+    ``volume_index`` and ``label_threshold`` accept 4D images and probabilistic labels as training does.
+    """
+    from functools import partial
+
     from tqdm.auto import tqdm
 
     data = load_manifest(path, dataset_dir)
-    cases = data.get("training", []) + data.get("testing", [])
+    cases = [c for split in splits for c in data.get(split, [])]
     problems = [Problem("error", cid, str(path), f"duplicate case id ({n} cases)")
                 for cid, n in Counter(str(c["id"]) for c in cases).items() if n > 1]
-    for c in data.get("training", []):
+    for c in data.get("training", []) if "training" in splits else []:
         if not c.get("label"):
             problems.append(Problem("error", str(c["id"]), str(path), "training case has no 'label'"))
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:  # zlib and numpy release the GIL
-        for found in tqdm(pool.map(_check_case, cases), total=len(cases), desc="validating",
+        check = partial(_check_case, volume_index=volume_index, label_threshold=label_threshold)
+        for found in tqdm(pool.map(check, cases), total=len(cases), desc="validating",
                           unit="case", disable=not progress):
             problems.extend(found)
     return problems

@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import logging
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -186,8 +187,13 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
     if not cases:
         raise InputError(f"no labelled cases in the '{split}' split", path=str(manifest))
     rows, slices, failures = [], {}, []
+    counts = Counter(str(c["id"]) for c in cases)
     for case in tqdm(cases, desc="evaluating", unit="case", disable=not progress):
         cid = str(case["id"])
+        if counts[cid] > 1:
+            failures.append((cid, f"duplicate case id ({counts[cid]} cases)"))
+            log.error("%s: %s", cid, failures[-1][1])
+            continue
         try:
             row, slices[cid] = _evaluate_case(case, predictions, tolerance_mm)
             rows.append(row)

@@ -96,7 +96,7 @@ def test_missing_all_zero_4d_and_duplicate_ids(tmp_path):
     assert ("c1", "missing.nii.gz", "missing file") in found
     assert ("c1", "m.json", "duplicate case id") in found
     assert ("c1", "zero.nii.gz", "image is all zero") in found
-    assert ("c3", "four_d.nii.gz", "not a 3D volume") in found
+    assert ("c3", "four_d.nii.gz", "4D image with 3 volumes") in found
     assert ("c4", "moved.nii.gz", "label affine differs from the image's by up to 0.5 mm") in found
     assert ("c5", "m.json", "training case has no 'label'") in found
 
