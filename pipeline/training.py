@@ -96,7 +96,8 @@ class LesionSegmentation(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         logits = self(batch["image"])
         loss = self.loss(logits, self._target(batch["label"]))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+                 sync_dist=True)
         return loss
 
     def predict_probability(self, image: torch.Tensor) -> torch.Tensor:
@@ -104,18 +105,40 @@ class LesionSegmentation(pl.LightningModule):
                                      **self.inferer_cfg)
         return prob
 
+    def on_validation_epoch_start(self) -> None:
+        self._scores: list[tuple[int, float, float]] = []
+
     def validation_step(self, batch, batch_idx):
         prob = self.predict_probability(batch["image"])
         pred = (prob >= self.threshold).cpu().numpy()
         truth = (batch["label"] > 0.5).cpu().numpy()
+        index = batch.get("case_index", torch.arange(len(pred)) + batch_idx * len(pred))
         for i in range(len(pred)):
-            self.log("val/dice", dice(pred[i, 0], truth[i, 0]), on_epoch=True, batch_size=1, sync_dist=True,
-                     prog_bar=True)
-            self.log("val/lesion_f1", lesion_f1(pred[i, 0], truth[i, 0]), on_epoch=True, batch_size=1, sync_dist=True)
+            self._scores.append((int(index[i]), dice(pred[i, 0], truth[i, 0]), lesion_f1(pred[i, 0], truth[i, 0])))
             if len(self._pictures) < self.val_images:
                 self._pictures.append(_picture(batch["image"][i, 0].cpu().numpy(), truth[i, 0], pred[i, 0]))
 
+    def _epoch_scores(self) -> torch.Tensor:
+        """(case index, Dice, F1) of every validation case, gathered from all ranks, each case once.
+
+        DistributedSampler pads ranks to equal length with repeated cases; averaging per-rank means
+        would count those twice, so the mean is taken over unique case indices instead.
+        """
+        local = torch.tensor(self._scores or [(-1, 0.0, 0.0)], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            sizes = self.all_gather(torch.tensor(len(local), device=self.device)).flatten()
+            padded = torch.full((int(sizes.max()), 3), -1.0, dtype=torch.float64, device=self.device)
+            padded[: len(local)] = local
+            local = self.all_gather(padded).reshape(-1, 3)
+        scores = {int(i): (d, f) for i, d, f in local.tolist() if i >= 0}
+        return torch.tensor(list(scores.values()), dtype=torch.float64).reshape(-1, 2)
+
     def on_validation_epoch_end(self) -> None:
+        scores = self._epoch_scores()
+        if len(scores):  # the same value on every rank: no further reduction
+            self.log("val/dice", float(scores[:, 0].mean()), prog_bar=True, sync_dist=True)
+            self.log("val/lesion_f1", float(scores[:, 1].mean()), sync_dist=True)
+            self.log("val/cases", float(len(scores)), sync_dist=True)
         pictures, self._pictures = self._pictures, []
         if not pictures or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return

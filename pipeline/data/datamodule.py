@@ -150,6 +150,7 @@ class StrokeDataModule(pl.LightningDataModule):
             self._gate()
         cases = [c for c in load_manifest(self.datalist, self.dataset_dir)["training"] if c["id"] not in self.exclude]
         train, val = split_cases(cases, self.val_fold)
+        val = [dict(c, case_index=i) for i, c in enumerate(val)]  # lets ranks de-duplicate padded samples
         log.info("fold %s: %d training, %d validation cases", self.val_fold, len(train), len(val))
         self.train_ds = self._dataset(train, self.train_tf, "train")
         self.val_ds = self._dataset(val, self.val_tf, "val")
