@@ -24,7 +24,7 @@ BUNDLE ?= bundles/stroke_mri_segmentation
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview train infer evaluate bundle demo mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview train cv infer evaluate bundle demo bench mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ preview: $(MANIFEST) ## PNG montage of a few cases of MANIFEST
 train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (ARGS="--ID VALUE ..." overrides the config)
 	$(PY) -m pipeline train --datalist $(MANIFEST) --output_dir $(TRAIN_DIR) $(ARGS)
 
+cv: $(MANIFEST) ## FOLDS-fold cross-validation on MANIFEST into CV_DIR (ARGS="--ID VALUE ..." overrides the config)
+	$(PY) -m pipeline cv --folds $(or $(FOLDS),5) --datalist $(MANIFEST) --output_dir $(or $(CV_DIR),outputs/cv) $(ARGS)
+
 infer: $(MANIFEST) ## segment MANIFEST's test split with MODEL (default: the last training's best) into PRED_DIR
 	@model="$${MODEL:-$(LAST_BEST)}"; \
 	test -n "$$model" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
@@ -69,8 +72,8 @@ evaluate: $(MANIFEST) ## ISLES'22 metrics, plots and report.html of PRED_DIR in 
 	$(PY) -m pipeline evaluate --datalist $(MANIFEST) --predictions $(PRED_DIR) --output $(EVAL_DIR) \
 	  $${run_id:+--run-id $$run_id}
 
-bundle: $(STAMP) ## export the last training's best checkpoint into BUNDLE (model.pt, model.ts) and verify it
-	@ckpt="$(LAST_BEST)"; \
+bundle: $(STAMP) ## export the last training's best checkpoint (or FROM=outputs/cv: the fold ensemble) into BUNDLE
+	@ckpt="$${FROM:-$(LAST_BEST)}"; \
 	test -n "$$ckpt" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
 	set -x; $(PY) -m pipeline export --checkpoint "$$ckpt" --bundle $(BUNDLE)
 
@@ -86,6 +89,9 @@ demo: ## everything on a fresh machine: install, data, train, infer, evaluate, e
 	echo "  report:      $(EVAL_DIR)/report.html" && \
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
 	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
+
+bench: $(STAMP) ## inference speed and memory vs MONAI's plain sliding window -> benchmarks/results.{json,md}
+	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

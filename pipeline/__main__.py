@@ -127,6 +127,17 @@ def _mlflow_sync(args) -> int:
     return EXIT_OK
 
 
+def _cv(args, overrides: list[str]) -> int:
+    from pipeline.cross_validation import cv_summary_text, run_cv
+    from pipeline.experiment import DEFAULT_CONFIG, parse_overrides
+
+    values = parse_overrides(overrides)
+    values.setdefault("output_dir", "outputs/cv")
+    summary = run_cv(args.config or [DEFAULT_CONFIG], values, folds=args.folds, only_fold=args.fold)
+    print(cv_summary_text(summary))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Stroke-lesion segmentation on MONAI.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -194,10 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="write a bundle's model.pt/model.ts from a checkpoint and verify the bundle")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt from training")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt from training, or a cross-validation folder "
+                   "(exports the fold ensemble with its chosen post-processing)")
     p.add_argument("--bundle", default="bundles/stroke_mri_segmentation", help="bundle folder to fill")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the bundle zip to the training's MLflow run")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation: a parent MLflow run, a child per fold, out-of-fold "
+                       "evaluation and post-processing chosen on it; --ID VALUE overrides as for train")
+    p.add_argument("--config", action="append", help="config file(s), as for train")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--fold", type=int, help="train only this fold (e.g. one that crashed)")
+    p.set_defaults(func=_cv, takes_overrides=True)
 
     p = sub.add_parser("mlflow-sync", help="copy runs tracked offline (server unreachable) to a tracking server")
     p.add_argument("--source", required=True, help="e.g. sqlite:///outputs/train/mlflow_offline.db")

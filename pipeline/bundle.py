@@ -119,10 +119,14 @@ def _write_inference_config(path: Path, network: dict, settings: dict) -> None:
     config = yaml.safe_load(path.read_text())
     for key, value in settings.items():
         config[key] = list(value) if isinstance(value, tuple) else value
+    net = config["network_def"]
+    net["_target_"] = ("pipeline.models.networks.build_ensemble" if "members" in network
+                       else "pipeline.models.networks.build_network")
+    net.pop("members", None)
     for key, value in network.items():
         if key in ("spatial_dims", "in_channels", "head"):
             continue  # these refer to the top-level IDs
-        config["network_def"][key] = value
+        net[key] = value
     with atomic_path(path) as tmp:
         tmp.write_text(INFERENCE_HEADER + yaml.safe_dump(config, sort_keys=False, width=120))
 
@@ -140,7 +144,7 @@ def _update_metadata(path: Path, settings: dict, network: dict, source: str, sco
 
     meta = json.loads(path.read_text())
     meta["version"] = _bump(meta.get("version", "0.0.0"))
-    note = f"exported from {source}" + (f" (val/dice {score:.4f})" if score is not None else "")
+    note = f"exported from {source}" + (f" (validation score {score:.4f})" if score is not None else "")
     meta["changelog"] = {meta["version"]: f"{datetime.date.today().isoformat()}: {note}", **meta.get("changelog", {})}
     meta.update(monai_version=monai.__version__, pytorch_version=torch.__version__.split("+")[0],
                 numpy_version=numpy.__version__)
@@ -160,25 +164,55 @@ def _update_metadata(path: Path, settings: dict, network: dict, source: str, sco
     return meta
 
 
+def _read_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError("checkpoint not found", path=str(path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not ckpt.get("network_config"):
+        raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(path))
+    return ckpt
+
+
+def _model_state(checkpoint: Path) -> tuple[dict, dict, dict, float | None]:
+    """Network config, settings, state dict and best score of a checkpoint, or of a cross-validation folder
+    (the fold ensemble with the post-processing chosen out of fold)."""
+    if checkpoint.is_dir():
+        from pipeline.cross_validation import fold_checkpoints
+
+        post_file = checkpoint / "postprocessing.json"
+        folds = fold_checkpoints(checkpoint)
+        if not post_file.is_file() or not folds:
+            raise InputError("not a finished cross-validation folder (no postprocessing.json or fold models)",
+                             path=str(checkpoint))
+        state, network, settings = {}, None, None
+        for i, (_, path) in enumerate(sorted(folds.items())):
+            ckpt = _read_checkpoint(path)
+            network, settings = _inference_values(ckpt)
+            state.update({f"members.{i}.{k[len('network.'):]}": v for k, v in ckpt["state_dict"].items()
+                          if k.startswith("network.")})
+        post = json.loads(post_file.read_text())
+        settings.update(threshold=post["threshold"], min_lesion_ml=post["min_lesion_ml"])
+        return dict(members=len(folds), **network), settings, state, post.get("score")
+    ckpt = _read_checkpoint(checkpoint)
+    network, settings = _inference_values(ckpt)
+    state = {k[len("network."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    score = next((float(v["best_model_score"]) for k, v in ckpt.get("callbacks", {}).items()
+                  if "ModelCheckpoint" in k and v.get("best_model_score") is not None), None)
+    return network, settings, state, score
+
+
 def export_bundle(checkpoint: str | Path, bundle: str | Path) -> dict:
-    """Write the bundle's model files from a training checkpoint and verify the bundle; returns the metadata."""
+    """Write the bundle's model files from a training checkpoint (or a cross-validation folder: the fold
+    ensemble) and verify the bundle; returns the metadata."""
     from monai.bundle import ckpt_export
 
     checkpoint, bundle = Path(checkpoint), Path(bundle)
-    if not checkpoint.is_file():
-        raise InputError("checkpoint not found", path=str(checkpoint))
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not ckpt.get("network_config"):
-        raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(checkpoint))
-    network, settings = _inference_values(ckpt)
-    state = {k[len("network."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    network, settings, state, score = _model_state(checkpoint)
     models = bundle / "models"
     models.mkdir(parents=True, exist_ok=True)
     with atomic_path(models / "model.pt") as tmp:
         torch.save(state, tmp)
     _write_inference_config(bundle / "configs" / "inference.yaml", network, settings)
-    score = next((float(v["best_model_score"]) for k, v in ckpt.get("callbacks", {}).items()
-                  if "ModelCheckpoint" in k and v.get("best_model_score") is not None), None)
     meta = _update_metadata(bundle / "configs" / "metadata.json", settings, network, checkpoint.name, score)
     with atomic_path(models / "model.ts") as tmp:
         ckpt_export(net_id="network_def", filepath=str(tmp), ckpt_file=str(models / "model.pt"),

@@ -126,7 +126,8 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
     if logging.getLogger().handlers:  # lightning adds its own console handler: lines would print twice
         logging.getLogger("lightning").handlers.clear()
     output_dir = Path(output_dir)
-    log_run_context(trainer.logger, output_dir, datalist, config_file)
+    log_run_context(trainer.logger, output_dir, datalist, config_file,
+                    init_from=getattr(module, "init_from", None))
     if config_file and Path(config_file).is_file() and trainer.logger is not None:
         params = {k.replace("#", "."): v for k, v in flatten(yaml.safe_load(Path(config_file).read_text())).items()
                   if not k.startswith(("run", "initialize", "finalize", "imports", "resume", "config_snapshot"))}

@@ -160,6 +160,24 @@ def _network_from_checkpoint(path: Path, device) -> tuple[torch.nn.Module, Setti
     return network.to(device).eval(), Settings.from_checkpoint(ckpt["hyper_parameters"])
 
 
+def _ensemble_from_cv(cv_dir: Path, device) -> tuple[torch.nn.Module, Settings]:
+    """The folds' best models averaged, with the post-processing chosen by cross-validation."""
+    import json
+
+    from pipeline.cross_validation import fold_checkpoints
+    from pipeline.models.networks import Ensemble
+
+    members, settings = [], None
+    for _, ckpt in sorted(fold_checkpoints(cv_dir).items()):
+        network, settings = _network_from_checkpoint(ckpt, "cpu")
+        members.append(network)
+    if not members:
+        raise InputError("no fold checkpoints in this cross-validation folder", path=str(cv_dir))
+    post = json.loads((cv_dir / "postprocessing.json").read_text())
+    settings = dataclasses.replace(settings, threshold=post["threshold"], min_lesion_ml=post["min_lesion_ml"])
+    return Ensemble(members, settings.head).to(device).eval(), settings
+
+
 class Predictor:
     """Segments cases of a manifest with one trained model.
 
@@ -186,10 +204,14 @@ class Predictor:
 
     @classmethod
     def from_path(cls, path: str | Path, device: str | None = None, **overrides) -> Predictor:
-        """From a Lightning checkpoint (``.ckpt``) or a bundle folder; ``overrides`` replace settings."""
+        """From a Lightning checkpoint (``.ckpt``), a bundle folder, or a cross-validation folder (its folds'
+        models averaged, with the post-processing chosen on their out-of-fold predictions); ``overrides``
+        replace settings."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir() and (path / "postprocessing.json").is_file():
+            network, settings = _ensemble_from_cv(path, device)
+        elif path.is_dir():
             from pipeline.bundle import load_bundle
 
             network, settings = load_bundle(path, device)

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = ["resolve_tracking_uri", "mlflow_logger", "log_figure", "log_run_context", "log_checkpoint", "RUN_ID_FILE",
-           "server_unreachable", "sync_runs"]
+           "server_unreachable", "sync_runs", "experiment_id"]
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -56,7 +56,7 @@ def server_unreachable(uri: str, timeout: float = 5.0) -> str | None:
 
 def mlflow_logger(experiment_name: str = "stroke_mri_segmentation", tracking_uri: str | None = None,
                   run_name: str | None = None, output_dir: str | None = None, resume: bool = False,
-                  tracking_required: bool = False) -> MLFlowLogger:
+                  tracking_required: bool = False, tags: dict | None = None) -> MLFlowLogger:
     """Lightning's MLFlowLogger; with ``resume`` it continues the run recorded in ``output_dir``.
 
     An unreachable tracking server stops the run before training when ``tracking_required``; otherwise
@@ -80,8 +80,14 @@ def mlflow_logger(experiment_name: str = "stroke_mri_segmentation", tracking_uri
     if resume and output_dir and (Path(output_dir) / RUN_ID_FILE).is_file():
         run_id = (Path(output_dir) / RUN_ID_FILE).read_text().strip()
         log.info("resuming MLflow run %s", run_id)
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri,
+    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags or None,
                         artifact_location=_artifact_location(uri), run_id=run_id)
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts beside a local SQLite store) when missing."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name, _artifact_location(uri))
 
 
 @rank_zero_only
@@ -134,12 +140,18 @@ def log_checkpoint(logger, path: str | Path) -> None:
 
 @rank_zero_only
 def log_run_context(logger, output_dir: str | Path, datalist: str | None = None,
-                    config_file: str | None = None) -> None:
-    """Tags (git commit, package versions, manifest SHA-256), the config file, and the run id in ``output_dir``."""
+                    config_file: str | None = None, init_from: str | None = None) -> None:
+    """Tags (git commit, package versions, manifest and source-model SHA-256), the config file, and the run
+    id in ``output_dir``."""
     if not isinstance(logger, MLFlowLogger):
         return
     client, run_id = logger.experiment, logger.run_id
     tags = {"git.commit": _git_commit(), **_versions()}
+    if init_from:
+        from pipeline.models.pretrained import weights_file
+
+        source = weights_file(init_from)
+        tags.update({"init_from": str(init_from), "init_from.sha256": sha256(source)})
     if datalist and Path(datalist).is_file():
         tags.update({"manifest.name": Path(datalist).name, "manifest.sha256": sha256(datalist)})
     for key, value in tags.items():

@@ -63,12 +63,16 @@ class LesionSegmentation(pl.LightningModule):
         preprocessing: ``{"channels", "spacing", "register", "n4"}`` of the deterministic transforms, saved
             with checkpoints so inference prepares images the same way.
         seed: with the epoch, reseeds torch's RNG at each epoch start.
+        init_from: start from these weights (a bundle folder, model.pt or .ckpt); matching tensors only.
+        freeze_encoder_epochs: keep the encoder frozen for this many epochs (-1: throughout, i.e. feature
+            extraction; 0: fine-tune everything from the start).
     """
 
     def __init__(self, network: torch.nn.Module, loss: torch.nn.Module, head: str = "softmax", spatial_dims: int = 3,
                  roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
                  inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4,
-                 preprocessing: dict | None = None, seed: int = 0):
+                 preprocessing: dict | None = None, seed: int = 0, init_from: str | None = None,
+                 freeze_encoder_epochs: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
@@ -78,12 +82,22 @@ class LesionSegmentation(pl.LightningModule):
         self.scheduler_cfg = {"name": "cosine", "warmup_steps": 0, "poly_exponent": 0.9, **(scheduler or {})}
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
         self.val_images, self.seed = val_images, seed
+        self.init_from, self.freeze_encoder_epochs = init_from, freeze_encoder_epochs
+        if init_from:
+            from pipeline.models.pretrained import load_pretrained
+
+            load_pretrained(self.network, init_from)
         self._pictures: list = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["network_config"] = getattr(self.network, "build_config", None)
 
     def on_train_epoch_start(self) -> None:
+        if self.freeze_encoder_epochs:
+            from pipeline.models.pretrained import set_encoder_trainable
+
+            frozen = self.freeze_encoder_epochs < 0 or self.current_epoch < self.freeze_encoder_epochs
+            set_encoder_trainable(self.network, not frozen)
         # torch's global RNG (dropout) restarts from (seed, epoch): a resumed run repeats an uninterrupted one
         torch.manual_seed(int(np.random.default_rng([self.seed, self.current_epoch]).integers(2**31 - 1)))
 
@@ -150,7 +164,7 @@ class LesionSegmentation(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_cfg
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = list(self.parameters())  # frozen ones get no gradient, so the optimiser leaves them alone
         if cfg["name"] == "adamw":
             opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         elif cfg["name"] == "sgd":

@@ -25,11 +25,17 @@ log = logging.getLogger(__name__)
 CACHES = ("memory", "disk", "none")
 
 
-def split_cases(cases: list[dict], val_fold: int | None, val_fraction: float = 0.2) -> tuple[list, list]:
-    """Training and validation cases: the manifest's ``val_fold``, or every k-th case when folds are absent."""
+def split_cases(cases: list[dict], val_fold: int | None, val_fraction: float = 0.2,
+                num_folds: int | None = None) -> tuple[list, list]:
+    """Training and validation cases: the manifest's ``val_fold``, or every k-th case when folds are absent.
+
+    ``num_folds`` smaller than the manifest's fold count merges folds as ``fold % num_folds`` (they stay
+    stratified by lesion volume).
+    """
     if val_fold is not None and all("fold" in c for c in cases):
-        train = [c for c in cases if c["fold"] != val_fold]
-        val = [c for c in cases if c["fold"] == val_fold]
+        fold = (lambda c: c["fold"] % num_folds) if num_folds else (lambda c: c["fold"])
+        train = [c for c in cases if fold(c) != val_fold]
+        val = [c for c in cases if fold(c) == val_fold]
     else:
         step = max(int(round(1 / val_fraction)), 2)
         val = cases[::step]
@@ -94,13 +100,14 @@ class StrokeDataModule(pl.LightningDataModule):
         validate: open every training file first and refuse to start when any fails.
         skip_bad_cases: leave failing cases out instead (their ids go to the MLflow tag ``skipped_cases``).
         volume_index, label_threshold: as the transforms use them (4D images, probabilistic labels).
+        num_folds: merge the manifest's folds into this many (``fold % num_folds``); None keeps them.
     """
 
     def __init__(self, datalist: str, train_transforms: Compose, val_transforms: Compose,
                  dataset_dir: str | None = None, val_fold: int | None = 0, cache: str = "memory",
                  cache_dir: str | None = None, batch_size: int = 2, num_workers: int = 0, seed: int = 0,
                  exclude: list[str] | None = None, validate: bool = True, skip_bad_cases: bool = False,
-                 volume_index: int | None = None, label_threshold: float | None = None):
+                 volume_index: int | None = None, label_threshold: float | None = None, num_folds: int | None = None):
         super().__init__()
         if cache not in CACHES:
             raise ConfigError(f"cache must be one of {CACHES}, not {cache!r}")
@@ -112,6 +119,7 @@ class StrokeDataModule(pl.LightningDataModule):
         self.validate, self.skip_bad_cases = validate, skip_bad_cases
         self.volume_index, self.label_threshold = volume_index, label_threshold
         self.skipped: list[str] = []
+        self.num_folds = num_folds
         self.train_ds = self.val_ds = None
 
     def _dataset(self, cases: list[dict], transform: Compose, name: str):
@@ -149,7 +157,7 @@ class StrokeDataModule(pl.LightningDataModule):
         if self.validate:
             self._gate()
         cases = [c for c in load_manifest(self.datalist, self.dataset_dir)["training"] if c["id"] not in self.exclude]
-        train, val = split_cases(cases, self.val_fold)
+        train, val = split_cases(cases, self.val_fold, num_folds=self.num_folds)
         val = [dict(c, case_index=i) for i, c in enumerate(val)]  # lets ranks de-duplicate padded samples
         log.info("fold %s: %d training, %d validation cases", self.val_fold, len(train), len(val))
         self.train_ds = self._dataset(train, self.train_tf, "train")

@@ -14,7 +14,7 @@ import torch
 from monai.networks.layers.factories import Norm
 from monai.networks.nets import DynUNet, UNet
 
-__all__ = ["NORMS", "HEADS", "build_network", "out_channels", "norm_layer"]
+__all__ = ["NORMS", "HEADS", "build_network", "build_ensemble", "Ensemble", "out_channels", "norm_layer"]
 
 NORMS = ("batch", "instance", "group", "layer")
 HEADS = {"softmax": 2, "sigmoid": 1}
@@ -83,3 +83,28 @@ def _build(c: dict, n_out: int) -> torch.nn.Module:
                        norm_name=norm_layer(norm, groups), dropout=dropout or None, res_block=num_res_units > 0,
                        deep_supervision=c["deep_supervision"], deep_supr_num=c["deep_supr_num"])
     raise ValueError(f"network name must be 'unet' or 'dynunet', not {name!r}")
+
+
+class Ensemble(torch.nn.Module):
+    """Averages the members' probabilities and returns them as logits of the same head (log p for softmax,
+    logit p for sigmoid), so inference treats a fold ensemble as one network (nnU-Net averages softmax too)."""
+
+    def __init__(self, members: list[torch.nn.Module], head: str = "softmax"):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.softmax = head == "softmax"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(1, device=x.device)
+        for member in self.members:
+            logits = member(x)
+            total = total + (torch.softmax(logits, 1) if self.softmax else torch.sigmoid(logits))
+        p = (total / len(self.members)).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p) if self.softmax else torch.log(p) - torch.log1p(-p)
+
+
+def build_ensemble(members: int = 2, **network_kwargs) -> Ensemble:
+    """``members`` networks of one architecture (the kwargs of :func:`build_network`), averaged."""
+    net = Ensemble([build_network(**network_kwargs) for _ in range(members)], network_kwargs.get("head", "softmax"))
+    net.build_config = dict(members=members, **net.members[0].build_config)
+    return net
