@@ -151,7 +151,8 @@ def to_markdown(r: dict) -> str:
                      f"{f(n['baseline_s'])} | 1.00 | |")
         lines.append(f"| {key} | network, project: head crop {n['project_shape']} + empty windows skipped | "
                      f"{f(n['project_s'])} | {1 / n['speedup']:.2f} | |")
-        for name, label in (("end_to_end", "end to end"), ("end_to_end_tta", "end to end, mirroring TTA (identity + 3 flips)")):
+        for name, label in (("end_to_end", "end to end"),
+                            ("end_to_end_tta", "end to end, mirroring TTA (identity + 3 flips)")):
             e = r[key][name]
             lines.append(f"| {key} | {label}: read, preprocess, predict, resample, write | {f(e['seconds'])} | | "
                          f"{e['peak_rss_mb']:.0f} |")
