@@ -90,8 +90,9 @@ demo: ## everything on a fresh machine: install, data, train, infer, evaluate, e
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
 	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
 
-bench: $(STAMP) ## inference speed and memory vs MONAI's plain sliding window -> benchmarks/results.{json,md}
+bench: $(STAMP) ## speed and memory vs MONAI baselines -> benchmarks/results*.{json,md} (REPEATS=3)
 	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)
+	$(PY) benchmarks/bench_training.py --repeats $(or $(REPEATS),3)
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

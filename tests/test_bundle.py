@@ -126,6 +126,14 @@ def test_config_workflow_infer_has_every_property_and_runs(exported, synth_set, 
     ids = [c["id"] for c in load_manifest(synth_set[1])["testing"]]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == sorted(f"{i}.nii.gz" for i in ids)
 
+    evaluation = ConfigWorkflow(config_file=str(exported / "configs" / "evaluate.yaml"), workflow_type=None,
+                                bundle_root=str(exported), datalist=str(synth_set[1]),
+                                predictions_dir=str(tmp_path / "out"), output_dir=str(tmp_path / "report"))
+    evaluation.initialize()
+    evaluation.run()
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["cases"] == len(ids) and (tmp_path / "report" / "report.html").is_file()
+
 
 def test_config_workflow_train_with_overrides(synth_set, tmp_path):
     from monai.bundle import ConfigWorkflow

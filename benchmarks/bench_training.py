@@ -1,0 +1,140 @@
+"""Training-side benchmarks: augmented patches per second per worker, the training step, FLOPs vs peak.
+
+* ``patches_per_s``: the project's training chain (deterministic part cached, foreground/background indices
+  precomputed in the cache, elastic/affine on a region 1.25x the patch) against a naive MONAI chain on the same
+  cached volume (elastic on the whole volume, indices recomputed by ``RandCropByPosNegLabeld`` each time), both
+  in this one process (= one worker), same augmentation probabilities (elastic and affine always on).
+* ``train_step_s``: forward + backward + AdamW step of the default 3D U-Net on 2 patches of 64^3.
+* ``flops``: the network's forward FLOPs per 64^3 window (torch's FlopCounterMode), this machine's measured
+  fp32 matmul peak, and the fraction of it a forward pass achieves.
+
+Every figure is a median of ``--repeats`` with min and max; ratios are against the baseline in the same process.
+Run: ``python benchmarks/bench_training.py`` (``make bench`` runs it after the inference benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_inference import _case, _network, _stats, _time  # noqa: E402
+
+ALWAYS = {"elastic": {"prob": 1.0}, "affine": {"prob": 1.0}, "flip": {"prob": 0.5}, "intensity_scale": {"prob": 0.3},
+          "noise": {"prob": 0.15}}
+
+
+def _naive_chain(patch):
+    from monai import transforms as mt
+
+    from pipeline.data.transforms import deterministic
+
+    keys = ["image", "label"]
+    return mt.Compose(deterministic(3, [2.0, 2.0, 2.0]) + [
+        mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        mt.Rand3DElasticd(keys, sigma_range=(5, 8), magnitude_range=(40, 120), prob=1.0, rotate_range=[0.26] * 3,
+                          scale_range=[0.1] * 3, mode=["bilinear", "nearest"], padding_mode="zeros"),
+        mt.RandCropByPosNegLabeld(keys, "label", spatial_size=patch, pos=1, neg=1, num_samples=2),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
+        mt.RandScaleIntensityd("image", factors=0.1, prob=0.3),
+        mt.RandGaussianNoised("image", prob=0.15, std=0.05),
+    ])
+
+
+def bench_patches(case: dict, repeats: int, samples: int = 10) -> dict:
+    from monai.data import CacheDataset
+
+    from pipeline.data.transforms import train_transforms
+
+    patch = [64, 64, 64]
+    project = CacheDataset([case], train_transforms(3, 3, [2.0, 2.0, 2.0], patch, ALWAYS, num_samples=2),
+                           progress=False)
+    naive = CacheDataset([case], _naive_chain(patch), progress=False)
+
+    def rate(ds):
+        t = time.perf_counter()
+        for _ in range(samples):
+            ds[0]
+        return 2 * samples / (time.perf_counter() - t)  # two patches per item
+
+    base = [rate(naive) for _ in range(repeats)]
+    ours = [rate(project) for _ in range(repeats)]
+    return dict(naive_patches_per_s=_stats(base), project_patches_per_s=_stats(ours),
+                ratio=_stats(ours)["median"] / _stats(base)["median"])
+
+
+def bench_step(repeats: int) -> dict:
+    import torch
+
+    from pipeline.models.losses import build_loss
+
+    net = _network().train()
+    loss = build_loss("dice_ce", "softmax")
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    x, y = torch.randn(2, 3, 64, 64, 64), (torch.rand(2, 1, 64, 64, 64) > 0.9).float()
+
+    def step():
+        opt.zero_grad()
+        loss(net(x), y).backward()
+        opt.step()
+
+    return dict(train_step_s=_time(step, repeats))
+
+
+def bench_flops(repeats: int) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = _network().eval()
+    x = torch.randn(1, 3, 64, 64, 64)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    flops = counter.get_total_flops()
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    matmul = _time(lambda: a @ b, repeats)
+    peak = 2 * 4096**3 / matmul["median"]
+    with torch.no_grad():
+        forward = _time(lambda: net(x), repeats)
+    return dict(flops_per_window=flops, peak_flops_per_s=peak, forward_s=forward,
+                achieved_fraction=flops / forward["median"] / peak)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=str(HERE / "results_training.json"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        case = _case(Path(tmp), 2.0)
+        results = dict(repeats=args.repeats, patches=bench_patches(case, args.repeats),
+                       step=bench_step(args.repeats), flops=bench_flops(args.repeats))
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.output).with_suffix(".md").write_text(to_markdown(results))
+    print(to_markdown(results))
+    return 0
+
+
+def to_markdown(r: dict) -> str:
+    f = lambda s, d=2: f"{s['median']:.{d}f} ({s['min']:.{d}f}-{s['max']:.{d}f})"  # noqa: E731
+    p, fl = r["patches"], r["flops"]
+    return "\n".join([
+        f"Training benchmark: median (min-max) of {r['repeats']} runs, one process", "",
+        "| what | value | ratio to baseline |", "| --- | --- | --- |",
+        f"| augmented 64^3 patches/s, naive MONAI chain (baseline) | {f(p['naive_patches_per_s'])} | 1.00 |",
+        f"| augmented 64^3 patches/s, project chain | {f(p['project_patches_per_s'])} | {p['ratio']:.2f} |",
+        f"| training step, 2 x 64^3, default 3D U-Net (s) | {f(r['step']['train_step_s'])} | |",
+        f"| forward GFLOPs per 64^3 window | {fl['flops_per_window'] / 1e9:.1f} | |",
+        f"| measured fp32 matmul peak (GFLOP/s) | {fl['peak_flops_per_s'] / 1e9:.0f} | |",
+        f"| forward pass of one window (s) | {f(fl['forward_s'], 3)} | |",
+        f"| achieved fraction of peak (forward) | {fl['achieved_fraction']:.1%} | |",
+    ]) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
