@@ -168,8 +168,9 @@ class StrokeDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         sampler = EpochSampler(len(self.train_ds), self.seed, self._epoch)
+        # persistent workers are safe: each item's randomness comes with its (epoch, index) key
         return DataLoader(SeededItems(self.train_ds, self.seed), batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=False)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, drop_last=False)
 
     def val_dataloader(self):
         return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=0)
