@@ -52,9 +52,10 @@ def _seed(*keys: int) -> int:
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffles with (seed, epoch) and yields ``(epoch, index)`` pairs.
 
-    With :class:`SeededItems` every sample's augmentation then depends on (seed, epoch, index) only: the
-    same whatever the worker count, and the same after a resume as in an uninterrupted run. The epoch is
-    read when iteration starts (Lightning restores it before the first resumed epoch's loader is built).
+    With :class:`SeededItems` every sample's augmentation then depends on (seed, epoch, index) only, so a
+    resumed run draws exactly what an uninterrupted one would (bit for bit with the same worker count; with
+    another count the draws are the same but multi-threaded resampling may round differently). The epoch
+    is read when iteration starts (Lightning restores it before the first resumed epoch's loader is built).
     """
 
     def __init__(self, size: int, seed: int, epoch_fn):
