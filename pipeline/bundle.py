@@ -26,6 +26,7 @@ import yaml
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.inference import Settings
 from pipeline.io import atomic_path, write_json_atomic
+from pipeline.models.networks import network_weights
 
 __all__ = ["BundleSegmenter", "load_weights", "load_bundle", "export_bundle", "verify_bundle", "cases_of",
            "log_bundle_to_run",
@@ -188,14 +189,13 @@ def _model_state(checkpoint: Path) -> tuple[dict, dict, dict, float | None]:
         for i, (_, path) in enumerate(sorted(folds.items())):
             ckpt = _read_checkpoint(path)
             network, settings = _inference_values(ckpt)
-            state.update({f"members.{i}.{k[len('network.'):]}": v for k, v in ckpt["state_dict"].items()
-                          if k.startswith("network.")})
+            state.update(network_weights(ckpt["state_dict"], prefix=f"members.{i}."))
         post = json.loads(post_file.read_text())
         settings.update(threshold=post["threshold"], min_lesion_ml=post["min_lesion_ml"])
         return dict(members=len(folds), **network), settings, state, post.get("score")
     ckpt = _read_checkpoint(checkpoint)
     network, settings = _inference_values(ckpt)
-    state = {k[len("network."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    state = network_weights(ckpt["state_dict"])
     score = next((float(v["best_model_score"]) for k, v in ckpt.get("callbacks", {}).items()
                   if "ModelCheckpoint" in k and v.get("best_model_score") is not None), None)
     return network, settings, state, score

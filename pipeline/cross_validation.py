@@ -72,7 +72,10 @@ def choose_postprocessing(samples: list[tuple[np.ndarray, np.ndarray, float]]) -
     grid = []
     for threshold, min_ml in itertools.product(THRESHOLDS, MIN_LESION_ML):
         post = Postprocess(threshold, min_ml)
-        scores = [(dice(post(p, v), t), lesion_f1(post(p, v), t)) for p, t, v in samples]
+        scores = []
+        for prob, truth, voxel_ml in samples:
+            mask = post(prob, voxel_ml)  # once per case and grid point
+            scores.append((dice(mask, truth), lesion_f1(mask, truth)))
         d, f = (float(np.mean([s[i] for s in scores])) for i in (0, 1))
         grid.append(dict(threshold=threshold, min_lesion_ml=min_ml, dice=d, lesion_f1=f, score=d + f))
     default = next(g for g in grid if g["threshold"] == 0.5 and g["min_lesion_ml"] == 0.0)
@@ -102,18 +105,14 @@ def _out_of_fold(cv_dir: Path, manifest: str, dataset_dir, folds: int) -> list[d
     return records
 
 
-def _cv_table(records: list[dict], post: dict) -> list[dict]:
-    from pipeline.evaluation.metrics import case_metrics
-    from pipeline.inference import Postprocess
-
-    apply = Postprocess(post["threshold"], post["min_lesion_ml"])
-    per_case = [dict(fold=r["fold"], **case_metrics(apply(r["prob"], r["voxel_ml"]), r["truth"],
-                                                    r["reference"].header.get_zooms()[:3], surface=False))
-                for r in records]
+def _cv_table(metrics_csv: Path, fold_of: dict[str, int]) -> list[dict]:
+    """Per-fold and pooled means of the out-of-fold evaluation's per-case metrics."""
+    with open(metrics_csv, newline="") as f:
+        per_case = [dict(r, fold=fold_of[r["id"]]) for r in csv.DictReader(f)]
     rows = []
     for fold in sorted({r["fold"] for r in per_case}) + ["pooled"]:
         sel = [r for r in per_case if fold == "pooled" or r["fold"] == fold]
-        rows.append(dict(fold=fold, cases=len(sel), **{k: float(np.mean([r[k] for r in sel]))
+        rows.append(dict(fold=fold, cases=len(sel), **{k: float(np.mean([float(r[k]) for r in sel]))
                                                         for k in ("dice", "lesion_f1", "avd_ml", "lesion_count_diff")}))
     return rows
 
@@ -170,13 +169,12 @@ def run_cv(config_files: list[str], overrides: dict, folds: int, only_fold: int 
     for r in records:
         save_nifti_atomic(like_reference(apply(r["prob"], r["voxel_ml"]), r["reference"], np.uint8),
                           cv_dir / "oof" / f"{r['id']}.nii.gz")
-    rows = _cv_table(records, post)
-    _write_table(rows, cv_dir)
-
     from pipeline.evaluation.report import evaluate
 
     evaluate(get("datalist"), cv_dir / "oof", cv_dir / "oof" / "evaluation", split="training",
              dataset_dir=get("dataset_dir"), progress=False)
+    rows = _cv_table(cv_dir / "oof" / "evaluation" / "metrics.csv", {r["id"]: r["fold"] for r in records})
+    _write_table(rows, cv_dir)
     for row in rows:
         client.log_metric(parent, f"cv/dice_fold_{row['fold']}", row["dice"])
     pooled = rows[-1]

@@ -148,15 +148,14 @@ class Settings:
 
 
 def _network_from_checkpoint(path: Path, device) -> tuple[torch.nn.Module, Settings]:
-    from pipeline.models.networks import build_network
+    from pipeline.models.networks import build_network, network_weights
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt.get("network_config")
     if not config:
         raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(path))
     network = build_network(**config)
-    state = {k[len("network."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
-    network.load_state_dict(state)
+    network.load_state_dict(network_weights(ckpt["state_dict"]))
     return network.to(device).eval(), Settings.from_checkpoint(ckpt["hyper_parameters"])
 
 

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage, MapTransform
 
+from pipeline.data.validation import AFFINE_ATOL_MM
 from pipeline.errors import InputError
 
-__all__ = ["LoadCheckedd", "AFFINE_ATOL_MM"]
-
-AFFINE_ATOL_MM = 1e-3  # header round-off between files of one grid stays far below this
+__all__ = ["LoadCheckedd"]
 
 
 class LoadCheckedd(MapTransform):

@@ -14,7 +14,8 @@ import torch
 from monai.networks.layers.factories import Norm
 from monai.networks.nets import DynUNet, UNet
 
-__all__ = ["NORMS", "HEADS", "build_network", "build_ensemble", "Ensemble", "out_channels", "norm_layer"]
+__all__ = ["NORMS", "HEADS", "build_network", "build_ensemble", "Ensemble", "out_channels", "norm_layer",
+           "network_weights"]
 
 NORMS = ("batch", "instance", "group", "layer")
 HEADS = {"softmax": 2, "sigmoid": 1}
@@ -108,3 +109,8 @@ def build_ensemble(members: int = 2, **network_kwargs) -> Ensemble:
     net = Ensemble([build_network(**network_kwargs) for _ in range(members)], network_kwargs.get("head", "softmax"))
     net.build_config = dict(members=members, **net.members[0].build_config)
     return net
+
+
+def network_weights(lightning_state_dict: dict, prefix: str = "") -> dict:
+    """The network's tensors from a LightningModule state dict (``network.*``), renamed with ``prefix``."""
+    return {prefix + k[len("network."):]: v for k, v in lightning_state_dict.items() if k.startswith("network.")}

@@ -37,7 +37,9 @@ def load_pretrained(network: torch.nn.Module, source: str | Path) -> tuple[list[
     path = weights_file(source)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in state:  # a Lightning checkpoint
-        state = {k[len("network."):]: v for k, v in state["state_dict"].items() if k.startswith("network.")}
+        from pipeline.models.networks import network_weights
+
+        state = network_weights(state["state_dict"])
     own = network.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
