@@ -1,16 +1,19 @@
 """Inference speed and memory: the project's predictor against MONAI's plain sliding window, in one process.
 
-Cases: one synthetic subject at 2 mm and at 1 mm (three channels, ~180x216x180 at 1 mm). Model: the default
-3D U-Net of ``configs/train.yaml`` (random weights: speed does not depend on them) at 2 mm.
+Cases: one synthetic subject at 2 mm and one at 1 mm (three channels; ~180x216x180 at 1 mm), each run by the
+default 3D U-Net of ``configs/train.yaml`` planned at the case's own spacing (as nnU-Net plans 1 mm for ATLAS);
+random weights, since speed does not depend on them (``bench_accuracy.py`` checks Dice with trained ones).
 
 * ``network``: the network part on the preprocessed volume. Baseline: ``monai.inferers.sliding_window_inference``
-  over the whole 2 mm volume (uncropped), overlap 0.5, Gaussian, fp32. Project: the head-cropped volume with
-  empty windows skipped, same overlap and blending.
-* ``end_to_end``: read, preprocess, predict, resample to the scanner grid, write; with and without mirroring TTA;
-  peak RSS of a fresh process per configuration.
+  over the whole (uncropped) volume, overlap 0.5, Gaussian, fp32 eager PyTorch, 4 windows a batch. Project:
+  the head-cropped volume, empty windows skipped, the default overlap, in each runtime (eager PyTorch,
+  ONNX Runtime, OpenVINO) and for several window batch sizes.
+* ``end_to_end``: read, preprocess, predict, resample to the scanner grid, write, in a fresh process per
+  configuration (so its peak RSS is its own): the baseline (same reading and writing, MONAI's sliding window
+  as above, no crop), the project's defaults, and the defaults with 8-fold mirroring TTA.
 
-Every figure is the median of ``--repeats`` runs with min and max; speed figures carry their ratio to the
-baseline measured in the same process. Writes ``benchmarks/results.json`` and ``benchmarks/results.md``.
+Every figure is the median of ``--repeats`` runs (after a warm-up) with min and max; speed figures carry their
+ratio to the baseline measured in the same process. Writes ``benchmarks/results.json`` and ``results.md``.
 
 Run: ``make bench`` (or ``python benchmarks/bench_inference.py --repeats 3``).
 """
@@ -25,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,6 +60,59 @@ def _case(root: Path, spacing: float) -> dict:
             "label": str(paths["msk"])}
 
 
+
+
+class MonaiBaseline:
+    """The MONAI-defaults pipeline the project is measured against: MONAI's stock transforms throughout
+    (``LoadImaged``, ``ResampleToMatchd`` of ADC and FLAIR onto DWI, ``Orientationd``, ``Spacingd``,
+    ``NormalizeIntensityd``), ``sliding_window_inference`` over the whole volume (overlap 0.5, Gaussian,
+    eager fp32, 4 windows a batch), ``ResampleToMatch`` of the probability back onto the DWI grid, threshold,
+    nibabel write. Same network, spacing and window as the project."""
+
+    def __init__(self, network, spacing: float, roi_size=(64, 64, 64), head: str = "softmax"):
+        from monai import transforms as mt
+
+        from pipeline.data.transforms import RAS_LABELS
+
+        self.network, self.roi_size, self.head = network.eval(), list(roi_size), head
+        keys = ["dwi", "adc", "flair"]
+        self.preprocess = mt.Compose([
+            mt.LoadImaged(keys, image_only=True, ensure_channel_first=True, reader="NibabelReader"),
+            mt.ResampleToMatchd(keys[1:], key_dst="dwi", mode="bilinear", padding_mode="zeros", dtype=np.float32),
+            mt.ConcatItemsd(keys, "image"), mt.Orientationd("image", axcodes="RAS", labels=RAS_LABELS),
+            mt.Spacingd("image", pixdim=[spacing] * 3, mode="bilinear", dtype=np.float32),
+            mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)])
+
+    def predict_case(self, case: dict) -> dict:
+        import nibabel as nib
+        import torch
+        from monai.data import MetaTensor
+        from monai.inferers import sliding_window_inference
+        from monai.transforms import ResampleToMatch
+
+        from pipeline.inference import logits_to_probability
+
+        reference = nib.load(case["image"][0])
+        image = self.preprocess(dict(zip(["dwi", "adc", "flair"], case["image"], strict=True)))["image"]
+        with torch.no_grad():
+            logits = sliding_window_inference(image[None], self.roi_size, 4, self.network, overlap=0.5,
+                                              mode="gaussian")
+        prob = MetaTensor(logits_to_probability(logits.as_tensor(), self.head)[0], affine=image.affine)
+        dst = MetaTensor(torch.zeros((1, *reference.shape[:3])), affine=torch.as_tensor(reference.affine))
+        native = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prob, dst)[0].numpy()
+        return dict(mask=(native >= 0.5).astype(np.uint8), reference=reference)
+
+    def segment(self, case: dict, output: str | Path) -> None:
+        import nibabel as nib
+
+        result = self.predict_case(case)
+        mask = nib.Nifti1Image(result["mask"], result["reference"].affine)
+        nib.save(mask, str(Path(output) / f"{case['id']}.nii.gz"))
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+SW_BATCHES = (1, 4, 8)
+
+
 def _network():
     import torch
 
@@ -65,55 +123,84 @@ def _network():
                          norm="instance").eval()
 
 
-def bench_network(case: dict, repeats: int) -> dict:
-    """Network part only: MONAI's sliding window over the whole volume vs the project's cropped, skipping one."""
+def _settings(spacing: float, **overrides):
+    from pipeline.inference import Settings
+
+    return Settings(roi_size=[64, 64, 64], channels=3, spacing=[spacing] * 3, **overrides)
+
+
+def bench_network(case: dict, spacing: float, repeats: int) -> dict:
+    """Network part only: MONAI's sliding window over the whole volume vs the project's, per runtime and
+    window batch size."""
     import torch
     from monai.inferers import sliding_window_inference
 
-    from pipeline.data.transforms import deterministic
-    from pipeline.inference import lesion_probability
+    from pipeline.data.transforms import val_transforms
+    from pipeline.inference import Settings, lesion_probability
+    from pipeline.runtimes import compile_network
 
-    net = _network()
-    from monai import transforms as mt
-
-    full = mt.Compose([t for t in deterministic(3, [2.0, 2.0, 2.0], with_label=False)
-                       if not isinstance(t, mt.CropForegroundd)]
-                      + [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)])(dict(case))["image"]
-    cropped = mt.Compose(deterministic(3, [2.0, 2.0, 2.0], with_label=False)
-                         + [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)])(dict(case))["image"]
+    net, s = _network(), _settings(spacing)
+    full = val_transforms(3, s.spacing, with_label=False, crop_to_head=False)(dict(case))["image"][None]
+    cropped = val_transforms(3, s.spacing, with_label=False)(dict(case))["image"][None]
+    cpu = torch.device("cpu")
+    runners = {rt: compile_network(net, rt, cpu, 3, s.roi_size) for rt in RUNTIMES}
     with torch.no_grad():
-        baseline = _time(lambda: sliding_window_inference(full[None], [64, 64, 64], 4, net, overlap=0.5,
-                                                          mode="gaussian"), repeats)
-        project = _time(lambda: lesion_probability(net, cropped[None], 3, [64, 64, 64], overlap=0.5), repeats)
-    return dict(baseline_s=baseline, project_s=project, speedup=baseline["median"] / project["median"],
-                baseline_shape=list(full.shape[1:]), project_shape=list(cropped.shape[1:]))
+        baseline = _time(lambda: sliding_window_inference(full, s.roi_size, 4, net, overlap=0.5, mode="gaussian"),
+                         repeats)
+        runtimes = {rt: _time(lambda r=r: lesion_probability(r, cropped, 3, s.roi_size, overlap=s.overlap,
+                                                             sw_batch_size=s.sw_batch_size), repeats)
+                    for rt, r in runners.items()}
+        default = runners[runtime_of(s)]
+        batches = {b: _time(lambda b=b: lesion_probability(default, cropped, 3, s.roi_size, overlap=s.overlap,
+                                                           sw_batch_size=b), repeats) for b in SW_BATCHES}
+    ratio = lambda t: baseline["median"] / t["median"]  # noqa: E731
+    return dict(baseline_s=baseline, baseline_shape=list(full.shape[2:]), project_shape=list(cropped.shape[2:]),
+                overlap=s.overlap, default_runtime=runtime_of(s), default_sw_batch=Settings.sw_batch_size,
+                runtimes={rt: dict(seconds=t, speedup=ratio(t)) for rt, t in runtimes.items()},
+                sw_batch={str(b): dict(seconds=t, speedup=ratio(t)) for b, t in batches.items()})
+
+
+def runtime_of(settings) -> str:
+    import torch
+
+    from pipeline.runtimes import resolve_runtime
+
+    return resolve_runtime(settings.runtime, torch.device("cpu"))
 
 
 END_TO_END = """
-import json, resource, sys, time, tempfile
-import torch
-from pipeline.inference import Predictor, Settings
+import json, sys, tempfile, time
 sys.path.insert(0, {here!r})
-from bench_inference import _network
-case, tta = json.loads(sys.argv[1]), sys.argv[2] == "1"
-settings = Settings(roi_size=[64, 64, 64], channels=3, spacing=[2.0, 2.0, 2.0], tta_axes=[0, 1, 2] if tta else [])
-predictor = Predictor(_network(), settings)
+from bench_inference import _network, _settings
+from pipeline.batch_inference import segment_cases
+from pipeline.inference import Predictor
+from bench_inference import MonaiBaseline
+case, spacing, overrides = json.loads(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+if overrides.pop("baseline", False):
+    baseline = MonaiBaseline(_network(), spacing)
+    run = lambda out: baseline.segment(case, out)
+else:
+    predictor = Predictor(_network(), _settings(spacing, **overrides))
+    run = lambda out: segment_cases(predictor, [case], out, progress=False)
 times = []
 for _ in range({repeats} + 1):
     with tempfile.TemporaryDirectory() as out:
-        from pipeline.batch_inference import segment_cases
         t = time.perf_counter()
-        segment_cases(predictor, [case], out, progress=False)
+        run(out)
         times.append(time.perf_counter() - t)
-print(json.dumps(dict(times=times[1:], peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps(dict(times=times[1:], peak_rss_mb=peak_kb / 1024)))
 """
 
 
-def bench_end_to_end(case: dict, repeats: int, tta: bool) -> dict:
+def bench_end_to_end(case: dict, spacing: float, repeats: int, **overrides) -> dict:
     """Whole cases in a fresh process (so peak RSS is this configuration's own)."""
     code = END_TO_END.format(here=str(HERE), repeats=repeats)
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(case), "1" if tta else "0"], capture_output=True,
-                         text=True, check=True, cwd=HERE.parent)
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(case), str(spacing), json.dumps(overrides)],
+                         capture_output=True, text=True, cwd=HERE.parent)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return dict(seconds=_stats(result["times"]), peak_rss_mb=result["peak_rss_mb"])
 
@@ -130,10 +217,14 @@ def main(argv=None) -> int:
         for spacing in (2.0, 1.0):
             case = _case(Path(tmp), spacing)
             key = f"{spacing:g}mm"
-            results[key] = dict(network=bench_network(case, args.repeats),
-                                end_to_end=bench_end_to_end(case, args.repeats, tta=False),
-                                end_to_end_tta=bench_end_to_end(case, args.repeats, tta=True))
-            print(key, json.dumps(results[key]["network"]["speedup"]), flush=True)
+            r = results[key] = dict(network=bench_network(case, spacing, args.repeats))
+            r["end_to_end"] = dict(baseline=bench_end_to_end(case, spacing, args.repeats, baseline=True),
+                                   project=bench_end_to_end(case, spacing, args.repeats),
+                                   project_tta8=bench_end_to_end(case, spacing, args.repeats, tta_axes=[0, 1, 2]))
+            base = r["end_to_end"]["baseline"]["seconds"]["median"]
+            for e in r["end_to_end"].values():
+                e["speedup"] = base / e["seconds"]["median"]
+            print(key, "end-to-end speed-up", round(r["end_to_end"]["project"]["speedup"], 2), flush=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     Path(args.output).with_suffix(".md").write_text(to_markdown(results))
     print(to_markdown(results))
@@ -143,19 +234,25 @@ def main(argv=None) -> int:
 def to_markdown(r: dict) -> str:
     f = lambda s: f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"  # noqa: E731
     lines = [f"Inference benchmark: median (min-max) of {r['repeats']} runs, {r['machine']['threads']} threads, "
-             f"torch {r['machine']['torch']}", "",
-             "| case | what | seconds | ratio to baseline | peak RSS (MB) |", "| --- | --- | --- | --- | --- |"]
+             f"torch {r['machine']['torch']}; model planned at the case's spacing, 64^3 windows", "",
+             "| case | what | seconds | speed-up vs baseline | peak RSS (MB) |", "| --- | --- | --- | --- | --- |"]
     for key in ("2mm", "1mm"):
-        n = r[key]["network"]
-        lines.append(f"| {key} | network, MONAI sliding window, whole volume {n['baseline_shape']} (baseline) | "
-                     f"{f(n['baseline_s'])} | 1.00 | |")
-        lines.append(f"| {key} | network, project: head crop {n['project_shape']} + empty windows skipped | "
-                     f"{f(n['project_s'])} | {1 / n['speedup']:.2f} | |")
-        for name, label in (("end_to_end", "end to end"),
-                            ("end_to_end_tta", "end to end, mirroring TTA (identity + 3 flips)")):
-            e = r[key][name]
-            lines.append(f"| {key} | {label}: read, preprocess, predict, resample, write | {f(e['seconds'])} | | "
-                         f"{e['peak_rss_mb']:.0f} |")
+        n, e = r[key]["network"], r[key]["end_to_end"]
+        lines.append(f"| {key} | network, baseline: MONAI sliding window over the whole volume {n['baseline_shape']},"
+                     f" overlap 0.5, eager | {f(n['baseline_s'])} | 1.00 | |")
+        for rt, v in n["runtimes"].items():
+            lines.append(f"| {key} | network, project: head crop {n['project_shape']}, empty windows skipped, overlap "
+                         f"{n['overlap']}, {rt} (batch {n['default_sw_batch']}) | {f(v['seconds'])} | "
+                         f"{v['speedup']:.2f} | |")
+        for b, v in n["sw_batch"].items():
+            lines.append(f"| {key} | network, project ({n['default_runtime']}), {b} window(s) a batch | "
+                         f"{f(v['seconds'])} | {v['speedup']:.2f} | |")
+        for name, label in (("baseline", "end to end, baseline: MONAI transforms, sliding window as above, "
+                                         "ResampleToMatch back"),
+                            ("project", "end to end, project defaults"),
+                            ("project_tta8", "end to end, project defaults + 8-fold mirroring TTA")):
+            v = e[name]
+            lines.append(f"| {key} | {label} | {f(v['seconds'])} | {v['speedup']:.2f} | {v['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

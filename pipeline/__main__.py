@@ -81,7 +81,7 @@ def _infer(args) -> int:
     from pipeline.inference import Predictor
 
     overrides = dict(tta_axes=[0, 1, 2] if args.tta else None, overlap=args.overlap, threshold=args.threshold,
-                     min_lesion_ml=args.min_lesion_ml)
+                     min_lesion_ml=args.min_lesion_ml, runtime=args.runtime)
     predictor = Predictor.from_path(args.model, device=args.device, **overrides)
     report = segment_datalist(predictor, args.datalist, args.output, split=args.split, dataset_dir=args.dataset_dir,
                               overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc)
@@ -183,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--output", required=True, help="folder for <id>.nii.gz masks and volumes.csv")
     p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
-    p.add_argument("--tta", action="store_true", help="average over mirrored copies (3 axes)")
+    p.add_argument("--tta", action="store_true", help="average over all 8 mirrorings of the 3 axes")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's setting)")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="where the network runs (default auto: OpenVINO on CPU, PyTorch on GPU)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
     p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")

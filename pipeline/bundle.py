@@ -2,8 +2,9 @@
 
 ``configs/inference.yaml`` instantiates :class:`BundleSegmenter` (its ``evaluator``), which runs the
 project's :class:`~pipeline.inference.Predictor` with the config's ``network_def``, ``preprocessing``,
-``inferer`` and ``postprocessing``. :func:`export_bundle` writes ``models/model.pt`` (a state dict) and
-``models/model.ts`` (MONAI's ``ckpt_export``), sets the model's values in ``inference.yaml``, bumps the
+``inferer`` and ``postprocessing``. :func:`export_bundle` writes ``models/model.pt`` (a state dict),
+``models/model.ts`` (MONAI's ``ckpt_export``) and ``models/model.onnx`` (what ``runtime: openvino`` or
+``onnxruntime`` runs on CPU), sets the model's values in ``inference.yaml``, bumps the
 metadata's version and changelog, and verifies the result offline.
 
 Example:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 import logging
 import shutil
@@ -27,6 +29,7 @@ from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.inference import Settings
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.models.networks import network_weights
+from pipeline.runtimes import CompiledNetwork, export_onnx
 
 __all__ = ["BundleSegmenter", "load_weights", "load_bundle", "export_bundle", "verify_bundle", "cases_of",
            "log_bundle_to_run",
@@ -68,11 +71,11 @@ class BundleSegmenter:
     """
 
     def __init__(self, network, dataset, inferer, postprocessing, settings, output_dir: str, device="cpu",
-                 overwrite: bool = False, save_prob: bool = False, save_unc: bool = False):
+                 overwrite: bool = False, save_prob: bool = False, save_unc: bool = False, onnx_model=None):
         from pipeline.inference import Predictor
 
         self.predictor = Predictor(network, settings, device, preprocessing=dataset.transform, inferer=inferer,
-                                   postprocessing=postprocessing)
+                                   postprocessing=postprocessing, onnx_model=onnx_model)
         self.cases, self.output_dir = list(dataset.data), output_dir
         self.overwrite, self.save_prob, self.save_unc = overwrite, save_prob, save_unc
 
@@ -218,6 +221,9 @@ def export_bundle(checkpoint: str | Path, bundle: str | Path) -> dict:
         ckpt_export(net_id="network_def", filepath=str(tmp), ckpt_file=str(models / "model.pt"),
                     meta_file=str(bundle / "configs" / "metadata.json"),
                     config_file=str(bundle / "configs" / "inference.yaml"), bundle_root=str(bundle))
+    network_module, loaded = load_bundle(bundle, "cpu")
+    with atomic_path(models / "model.onnx") as tmp:
+        export_onnx(network_module, tmp, loaded.channels, loaded.roi_size)
     verify_bundle(bundle)
     return meta
 
@@ -245,8 +251,10 @@ def log_bundle_to_run(bundle: str | Path, checkpoint: str | Path) -> str | None:
     return run_id
 
 
-def verify_bundle(bundle: str | Path, atol: float = 1e-4) -> float:
-    """Metadata against the local schema, network in/out shapes, and TorchScript == eager within ``atol``.
+def verify_bundle(bundle: str | Path, atol: float = 1e-4, onnx_atol: float = 1e-2) -> float:
+    """Metadata against the local schema, network in/out shapes, TorchScript == eager within ``atol``, and
+    the ONNX model in each installed CPU runtime == eager within ``onnx_atol`` (their fused kernels round
+    differently; ``make bench`` checks that Dice does not move).
 
     Returns the largest TorchScript-vs-eager difference; raises PipelineError on any failure.
     """
@@ -270,5 +278,13 @@ def verify_bundle(bundle: str | Path, atol: float = 1e-4) -> float:
         diff = float((network(x) - scripted(x)).abs().max())
     if not diff <= atol:
         raise PipelineError(f"TorchScript and eager outputs differ by {diff:.2e} > {atol:g}")
+    onnx = bundle / "models" / "model.onnx"
+    for runtime in ("openvino", "onnxruntime"):
+        if onnx.is_file() and importlib.util.find_spec(runtime):
+            with torch.no_grad():
+                onnx_diff = float((network(x) - CompiledNetwork(onnx, runtime)(x)).abs().max())
+            if not onnx_diff <= onnx_atol:
+                raise PipelineError(f"{onnx}: {runtime} and eager outputs differ by {onnx_diff:.2e} > {onnx_atol:g}")
+            log.info("%s runs model.onnx like eager (max diff %.2e)", runtime, onnx_diff)
     log.info("bundle verified: metadata, network in/out, TorchScript == eager (max diff %.2e)", diff)
     return diff

@@ -34,7 +34,7 @@ def exported(tiny_checkpoint, tmp_path_factory):
 
 
 def test_export_fills_models_bumps_version_and_logs_to_mlflow(exported, tiny_checkpoint):
-    assert (exported / "models" / "model.pt").is_file() and (exported / "models" / "model.ts").is_file()
+    assert all((exported / "models" / f).is_file() for f in ("model.pt", "model.ts", "model.onnx"))
     before = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     meta = json.loads((exported / "configs" / "metadata.json").read_text())
     major, minor, patch = (int(p) for p in before["version"].split("."))

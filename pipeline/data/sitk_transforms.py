@@ -1,4 +1,5 @@
-"""Optional SimpleITK steps for the deterministic chain: rigid registration and N4 bias correction.
+"""SimpleITK steps for the deterministic chain: channels onto the first channel's grid, and the optional
+rigid registration and N4 bias correction.
 
 Both run on channels already resampled onto the reference (DWI) grid, so each volume is handed to
 SimpleITK with that grid's voxel size and an identity direction: a rigid transform in that frame is
@@ -11,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["RigidRegisterd", "N4BiasFieldd"]
+__all__ = ["ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def _spacing(img) -> tuple[float, ...]:
@@ -36,6 +39,51 @@ def _put(img, volume: np.ndarray):
     out = img.clone()
     out[0] = torch.as_tensor(volume, dtype=out.dtype)
     return out
+
+
+def _geometry(affine, shape) -> dict:
+    """SimpleITK's size, origin, spacing and direction (LPS) of a grid given by a RAS ``affine``."""
+    affine = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = RAS_TO_LPS @ affine[:3, :3] / spacing
+    return dict(size=[int(n) for n in shape], outputOrigin=tuple(RAS_TO_LPS @ affine[:3, 3]),
+                outputSpacing=tuple(spacing), outputDirection=tuple(direction.ravel()))
+
+
+class ResampleToGridd(MapTransform):
+    """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside).
+
+    Does what MONAI's ``ResampleToMatchd`` does (differences below 1e-4 of the intensity range) with
+    SimpleITK, which needs no full sampling grid: 0.07 s instead of 0.40 s per 1 mm channel (2 cores).
+
+    Example:
+        >>> ResampleToGridd(["image_1", "image_2"], key_dst="image_0")  # doctest: +SKIP
+    """
+
+    def __init__(self, keys, key_dst: str, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.key_dst = key_dst
+
+    def __call__(self, data):
+        d = dict(data)
+        dst = d[self.key_dst]
+        grid = _geometry(dst.affine, dst.shape[1:])
+        for key in self.key_iterator(d):
+            src = d[key]
+            if src.shape[1:] == dst.shape[1:] and np.allclose(np.asarray(src.affine), np.asarray(dst.affine),
+                                                               atol=1e-4):
+                continue
+            moving = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(src[0], np.float32).transpose(2, 1, 0)))
+            g = _geometry(src.affine, src.shape[1:])
+            moving.SetOrigin(g["outputOrigin"])
+            moving.SetSpacing(g["outputSpacing"])
+            moving.SetDirection(g["outputDirection"])
+            moved = sitk.Resample(moving, grid["size"], sitk.Transform(), sitk.sitkLinear, grid["outputOrigin"],
+                                  grid["outputSpacing"], grid["outputDirection"], 0.0, sitk.sitkFloat32)
+            meta = dict(src.meta)
+            meta.update(affine=dst.affine.clone(), spatial_shape=np.asarray(dst.shape[1:]))
+            d[key] = MetaTensor(torch.from_numpy(_from_sitk(moved).copy())[None], meta=meta)
+        return d
 
 
 class RigidRegisterd(MapTransform):

@@ -28,6 +28,7 @@ __all__ = ["channel_keys", "deterministic", "sampling", "augmentation", "train_t
            "SplitChannelsd", "DEFAULT_AUGMENT"]
 
 IMAGE, LABEL = "image", "label"
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
 
 DEFAULT_AUGMENT = {
     "elastic": {"prob": 0.0, "sigma_range": [5.0, 8.0], "magnitude_range": [40.0, 120.0],
@@ -71,13 +72,15 @@ class SplitChannelsd(mt.MapTransform):
 
 def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bool = True,
                   register: bool = False, n4: bool = False, crop_margin: int = 2, spatial_dims: int = 3,
-                  volume_index: int | None = None, label_threshold: float | None = None) -> list:
+                  volume_index: int | None = None, label_threshold: float | None = None,
+                  crop_to_head: bool = True) -> list:
     """Load with checks, align channels, (register, N4), orient RAS, resample, crop to head (no normalisation).
 
     ``volume_index`` picks one volume of 4D images; ``label_threshold`` binarises probabilistic labels
     (see :class:`~pipeline.data.checks.LoadCheckedd`).
     """
     from pipeline.data.checks import LoadCheckedd
+    from pipeline.data.sitk_transforms import ResampleToGridd
 
     keys = channel_keys(channels)
     label = [LABEL] if with_label else []
@@ -87,8 +90,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
                      volume_index=volume_index, label_threshold=label_threshold),
     ]
     if channels > 1:
-        chain.append(mt.ResampleToMatchd(keys[1:], key_dst=keys[0], mode="bilinear", padding_mode="zeros",
-                                         dtype=np.float32))
+        chain.append(ResampleToGridd(keys[1:], key_dst=keys[0]))
     if register or n4:
         from pipeline.data.sitk_transforms import N4BiasFieldd, RigidRegisterd
 
@@ -97,11 +99,12 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
         if n4:
             chain.append(N4BiasFieldd(keys))
     chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys),
-              mt.Orientationd([IMAGE] + label, axcodes="RAS")]
+              mt.Orientationd([IMAGE] + label, axcodes="RAS", labels=RAS_LABELS)]
     if spacing:
         chain.append(mt.Spacingd([IMAGE] + label, pixdim=spacing, mode=["bilinear", "nearest"][: 1 + len(label)],
                                  padding_mode="zeros", dtype=np.float32))
-    chain.append(mt.CropForegroundd([IMAGE] + label, source_key=IMAGE, margin=crop_margin, allow_smaller=True))
+    if crop_to_head:
+        chain.append(mt.CropForegroundd([IMAGE] + label, source_key=IMAGE, margin=crop_margin, allow_smaller=True))
     return chain
 
 
@@ -199,8 +202,9 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
 
 def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,
                    with_label: bool = True, spatial_dims: int = 3, volume_index: int | None = None,
-                   label_threshold: float | None = None) -> mt.Compose:
+                   label_threshold: float | None = None, crop_to_head: bool = True) -> mt.Compose:
     """Whole volumes, deterministic only: what validation and inference see."""
     chain = deterministic(channels, spacing, with_label, register, n4, spatial_dims=spatial_dims,
-                          volume_index=volume_index, label_threshold=label_threshold) + _normalise()
+                          volume_index=volume_index, label_threshold=label_threshold,
+                          crop_to_head=crop_to_head) + _normalise()
     return mt.Compose(chain)
