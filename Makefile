@@ -90,9 +90,10 @@ demo: ## everything on a fresh machine: install, data, train, infer, evaluate, e
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
 	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
 
-bench: $(STAMP) ## speed and memory vs MONAI baselines -> benchmarks/results*.{json,md} (REPEATS=3)
+bench: $(MANIFEST) ## speed, memory and Dice vs MONAI baselines -> benchmarks/results*.{json,md} (REPEATS=3, MODEL=)
 	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_training.py --repeats $(or $(REPEATS),3)
+	$(PY) benchmarks/bench_accuracy.py --datalist $(MANIFEST) $(if $(MODEL),--model $(MODEL))
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

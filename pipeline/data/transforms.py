@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from monai import transforms as mt
 
+from pipeline.data.deform import RandDeformd
 from pipeline.errors import InputError
 
 __all__ = ["channel_keys", "deterministic", "sampling", "augmentation", "train_transforms", "val_transforms",
@@ -31,8 +32,7 @@ IMAGE, LABEL = "image", "label"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
 
 DEFAULT_AUGMENT = {
-    "elastic": {"prob": 0.0, "sigma_range": [5.0, 8.0], "magnitude_range": [40.0, 120.0],
-                "grid_spacing_2d": [20, 20], "magnitude_range_2d": [1.0, 2.0]},
+    "elastic": {"prob": 0.0, "grid_spacing": 16, "magnitude_range": [1.0, 2.0]},
     "affine": {"prob": 0.0, "rotate_deg": 15.0, "scale": 0.15},
     "flip": {"prob": 0.0, "axes": [0, 1, 2]},
     "intensity_scale": {"prob": 0.0, "factors": 0.1},
@@ -144,22 +144,10 @@ def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict) ->
     a = {k: {**v, **augment.get(k, {})} for k, v in DEFAULT_AUGMENT.items()}
     keys, modes = [IMAGE, LABEL], ["bilinear", "nearest"]
     patch = [int(s) for s in patch_size]
-    chain = []
-    if a["affine"]["prob"] > 0:
-        rot = math.radians(a["affine"]["rotate_deg"])
-        chain.append(mt.RandAffined(keys, spatial_size=patch, prob=a["affine"]["prob"],
-                                    rotate_range=[rot] * (3 if spatial_dims == 3 else 1),
-                                    scale_range=[a["affine"]["scale"]] * spatial_dims, mode=modes,
-                                    padding_mode="zeros"))
-    e = a["elastic"]
-    if e["prob"] > 0:
-        if spatial_dims == 3:
-            chain.append(mt.Rand3DElasticd(keys, sigma_range=e["sigma_range"], magnitude_range=e["magnitude_range"],
-                                           spatial_size=patch, prob=e["prob"], mode=modes, padding_mode="zeros"))
-        else:
-            chain.append(mt.Rand2DElasticd(keys, spacing=e["grid_spacing_2d"], magnitude_range=e["magnitude_range_2d"],
-                                           spatial_size=patch, prob=e["prob"], mode=modes, padding_mode="zeros"))
-    chain.append(mt.CenterSpatialCropd(keys, roi_size=patch))  # the margin goes when no spatial aug fired
+    e, af = a["elastic"], a["affine"]
+    chain = [RandDeformd(keys, patch, modes, elastic_prob=e["prob"], grid_spacing=e["grid_spacing"],
+                         magnitude_range=e["magnitude_range"], affine_prob=af["prob"], rotate_deg=af["rotate_deg"],
+                         scale=af["scale"])]
     for axis in a["flip"]["axes"]:
         if a["flip"]["prob"] > 0 and axis < spatial_dims:
             chain.append(mt.RandFlipd(keys, prob=a["flip"]["prob"], spatial_axis=axis))
