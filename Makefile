@@ -24,7 +24,7 @@ BUNDLE ?= bundles/stroke_mri_segmentation
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview train cv infer evaluate bundle demo bench mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview train cv infer evaluate bundle demo norm-study bench mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,10 @@ demo: ## everything on a fresh machine: install, data, train, infer, evaluate, e
 	echo "  report:      $(EVAL_DIR)/report.html" && \
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
 	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
+
+norm-study: $(MANIFEST) ## train each normalisation (configs/norm/*.yaml) for EPOCHS=10 -> outputs/norm_study/study.{md,png}
+	$(PY) -m pipeline study --variants bundles/stroke_mri_segmentation/configs/norm/*.yaml --output outputs/norm_study \
+	  --datalist $(MANIFEST) --max_epochs $(or $(EPOCHS),10) $(ARGS)
 
 bench: $(MANIFEST) ## speed, memory and Dice vs MONAI baselines -> benchmarks/results*.{json,md} (REPEATS=3, MODEL=)
 	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)

@@ -76,6 +76,33 @@ def _train(args, overrides: list[str]) -> int:
     return EXIT_OK
 
 
+def _study(args, overrides: list[str]) -> int:
+    from pipeline.experiment import parse_overrides
+    from pipeline.study import run_study
+
+    rows = run_study(args.variants, args.output, parse_overrides(overrides))
+    print((Path(args.output) / "study.md").read_text(), end="")
+    failed = [r for r in rows if r["status"] != "ok"]
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _explain(args) -> int:
+    from pipeline.batch_inference import select_cases
+    from pipeline.errors import InputError
+    from pipeline.explain import explain_case
+
+    cases = {str(c["id"]): c for c in select_cases(args.datalist, "all", args.dataset_dir)}
+    if args.case not in cases:
+        raise InputError(f"no case {args.case!r} in the manifest ({len(cases)} cases, e.g. "
+                         f"{', '.join(list(cases)[:3])})", path=args.datalist)
+    result = explain_case(args.model, cases[args.case], args.output, args.layer, args.occlusion_size,
+                          device=args.device or "cpu")
+    print(f"{args.case}: explained {result['explained']}, Grad-CAM at layer {result['layer']}")
+    for name, path in result["paths"].items():
+        print(f"  {name}: {path}")
+    return EXIT_OK
+
+
 def _infer(args) -> int:
     from pipeline.batch_inference import segment_datalist
     from pipeline.inference import Predictor
@@ -195,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_infer)
 
+    p = sub.add_parser("explain", help="Grad-CAM and occlusion-sensitivity maps of one case's predicted lesion")
+    p.add_argument("--model", required=True, help="a .ckpt from training or a bundle folder")
+    p.add_argument("--datalist", required=True, help="manifest JSON holding the case")
+    p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
+    p.add_argument("--case", required=True, help="case id")
+    p.add_argument("--output", required=True, help="folder for <id>_gradcam/_occlusion.nii.gz and <id>_explain.png")
+    p.add_argument("--layer", help="convolution layer for Grad-CAM (default: the last decoder convolution)")
+    p.add_argument("--occlusion-size", type=int, default=16, help="occluding cube's edge in voxels (default 16)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
+    p.set_defaults(func=_explain)
+
     p = sub.add_parser("evaluate", help="ISLES'22 metrics of predicted masks: CSV, summary, plots, HTML report")
     p.add_argument("--datalist", required=True)
     p.add_argument("--dataset-dir")
@@ -229,10 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from the bundle's train config; --ID VALUE overrides any config ID",
                        epilog="example: python -m pipeline train --max_epochs 2 --spatial_dims 2 "
                               "--network_def#channels '[8, 16, 32]'")
-    p.add_argument("--config", action="append", help="config file (repeat to merge several; default: "
-                   "bundles/stroke_mri_segmentation/configs/train.yaml)")
+    p.add_argument("--config", nargs="+", action="extend", help="config file(s), later ones merged over earlier "
+                   "(default: bundles/stroke_mri_segmentation/configs/train.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from output_dir's last checkpoint and MLflow run")
     p.set_defaults(func=_train, takes_overrides=True)
+
+    p = sub.add_parser("study", help="train config variants for the same budget; table and plot of Dice, time, "
+                       "memory", epilog="example: python -m pipeline study --variants "
+                       "bundles/stroke_mri_segmentation/configs/norm/*.yaml --output outputs/norm_study "
+                       "--max_epochs 8")
+    p.add_argument("--variants", nargs="+", required=True, help="config files, each merged over train.yaml")
+    p.add_argument("--output", required=True, help="folder for the runs and study.{csv,md,png}")
+    p.set_defaults(func=_study, takes_overrides=True)
     return parser
 
 

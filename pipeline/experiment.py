@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,12 +137,41 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
     ckpt_path = str(last) if resume and last.is_file() else None
     if resume and ckpt_path is None:
         log.warning("--resume: no checkpoint at %s, starting from scratch", last)
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     log_checkpoint(trainer.logger, best)
-    log.info("best checkpoint: %s (val/dice %s)", best,
-             getattr(trainer.checkpoint_callback, "best_model_score", None))
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    log.info("best checkpoint: %s (val/dice %s)", best, score)
+    if trainer.is_global_zero:
+        _write_summary(output_dir, trainer, best, score, time.perf_counter() - start)
     return best
+
+
+def peak_memory_mb() -> dict:
+    """This process's peak resident memory (VmHWM: ru_maxrss would carry the parent's over exec), and the
+    peak GPU memory when on a GPU."""
+    out = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM"):
+                out["peak_rss_mb"] = int(line.split()[1]) / 1024
+    import torch
+
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _write_summary(output_dir: Path, trainer, best: str, score, seconds: float) -> None:
+    """``summary.json`` beside the checkpoints (and the same figures as MLflow metrics)."""
+    from pipeline.io import write_json_atomic
+
+    summary = dict(best_checkpoint=best, best_val_dice=float(score) if score is not None else None,
+                   epochs=int(trainer.current_epoch), train_seconds=round(seconds, 1), **peak_memory_mb())
+    write_json_atomic(summary, output_dir / "summary.json")
+    if trainer.logger is not None:
+        trainer.logger.log_metrics({f"summary/{k}": v for k, v in summary.items() if isinstance(v, int | float)})
 
 
 def train(config_files: Sequence[str], overrides: dict) -> str:

@@ -64,7 +64,8 @@ class SkipEmptyWindows(torch.nn.Module):
         if bool(keep.all()):
             return self.network(x)
         channels = 2 if self.head == "softmax" else 1
-        out = torch.full((x.shape[0], channels, *x.shape[2:]), -BACKGROUND_LOGIT, dtype=x.dtype, device=x.device)
+        size = self.network.output_size(x.shape[2:]) if hasattr(self.network, "output_size") else x.shape[2:]
+        out = torch.full((x.shape[0], channels, *size), -BACKGROUND_LOGIT, dtype=x.dtype, device=x.device)
         if self.head == "softmax":
             out[:, 0] = BACKGROUND_LOGIT
         if bool(keep.any()):
@@ -80,7 +81,11 @@ def lesion_probability(network: torch.nn.Module, image: torch.Tensor, spatial_di
     """Mean lesion probability over the identity and every mirroring of the axes in ``tta_axes`` (spatial
     axes, 0-based; all three give nnU-Net's 8 passes); also the voxel-wise variance across them when there
     is more than one. ``inferer`` replaces the one built from the window arguments."""
-    if inferer is None:
+    if inferer is None and hasattr(network, "output_size"):  # valid-convolution net: overlap-tile
+        from pipeline.overlap_tile import OverlapTileInferer
+
+        inferer = OverlapTileInferer(spatial_dims, roi_size, network.output_size, sw_batch_size)
+    elif inferer is None:
         inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size, device=stitch_device)
     net = SkipEmptyWindows(network, head) if skip_empty else network
     probs = []

@@ -103,13 +103,17 @@ def compile_network(network: torch.nn.Module, runtime: str, device: torch.device
     runtime = resolve_runtime(runtime, torch.device(device))
     if runtime == "torch":
         return network
+    compiled = None
     if onnx_path is not None and Path(onnx_path).is_file():
         compiled = CompiledNetwork(onnx_path, runtime)
-        if compiled.window_shape == [in_channels, *[int(s) for s in roi_size]]:
-            return compiled
-        log.info("%s is for windows of %s, not %s: exporting again", onnx_path, compiled.window_shape[1:],
-                 list(roi_size))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(network, Path(tmp) / "model.onnx", in_channels, roi_size)
-        log.debug("exported the network to ONNX for %s", runtime)
-        return CompiledNetwork(path, runtime)
+        if compiled.window_shape != [in_channels, *[int(s) for s in roi_size]]:
+            log.info("%s is for windows of %s, not %s: exporting again", onnx_path, compiled.window_shape[1:],
+                     list(roi_size))
+            compiled = None
+    if compiled is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(network, Path(tmp) / "model.onnx", in_channels, roi_size)
+            compiled = CompiledNetwork(path, runtime)
+    if hasattr(network, "output_size"):  # a valid-convolution net keeps its size arithmetic
+        compiled.output_size = network.output_size
+    return compiled

@@ -66,13 +66,15 @@ class LesionSegmentation(pl.LightningModule):
         init_from: start from these weights (a bundle folder, model.pt or .ckpt); matching tensors only.
         freeze_encoder_epochs: keep the encoder frozen for this many epochs (-1: throughout, i.e. feature
             extraction; 0: fine-tune everything from the start).
+        regularization: ``{"l1", "l2"}``: coefficients of penalties on the sum of absolute / squared
+            convolution weights (not biases or norm parameters), added to the loss.
     """
 
     def __init__(self, network: torch.nn.Module, loss: torch.nn.Module, head: str = "softmax", spatial_dims: int = 3,
                  roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
                  inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4,
                  preprocessing: dict | None = None, seed: int = 0, init_from: str | None = None,
-                 freeze_encoder_epochs: int = 0):
+                 freeze_encoder_epochs: int = 0, regularization: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
@@ -83,6 +85,7 @@ class LesionSegmentation(pl.LightningModule):
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
         self.val_images, self.seed = val_images, seed
         self.init_from, self.freeze_encoder_epochs = init_from, freeze_encoder_epochs
+        self.penalty = {"l1": 0.0, "l2": 0.0, **(regularization or {})}
         if init_from:
             from pipeline.models.pretrained import load_pretrained
 
@@ -109,10 +112,28 @@ class LesionSegmentation(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits = self(batch["image"])
-        loss = self.loss(logits, self._target(batch["label"]))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
-                 sync_dist=True)
+        target, weight = self._target(batch["label"]), batch.get("weight")
+        size = logits.shape[-self.spatial_dims:]
+        if target.shape[-self.spatial_dims:] != size:  # valid-convolution net: score the centre it predicts
+            from pipeline.models.classic_unet import centre_crop
+
+            target = centre_crop(target, size)
+            weight = centre_crop(weight, size) if weight is not None else None
+        loss = self.loss(logits, target, weight)
+        n = len(batch["image"])
+        if self.penalty["l1"] or self.penalty["l2"]:
+            penalty = self.weight_penalty()
+            self.log("train/penalty", penalty, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+            loss = loss + penalty
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         return loss
+
+    def weight_penalty(self) -> torch.Tensor:
+        """``l1 * sum|w| + l2 * sum w^2`` over the convolution weights (tensors of 3 or more dimensions)."""
+        weights = [p for p in self.network.parameters() if p.requires_grad and p.dim() > 2]
+        l1 = sum(p.abs().sum() for p in weights) if self.penalty["l1"] else 0.0
+        l2 = sum(p.pow(2).sum() for p in weights) if self.penalty["l2"] else 0.0
+        return self.penalty["l1"] * l1 + self.penalty["l2"] * l2
 
     def predict_probability(self, image: torch.Tensor) -> torch.Tensor:
         prob, _ = lesion_probability(self.network, image, self.spatial_dims, self.roi_size, self.head,

@@ -28,7 +28,7 @@ from pipeline.errors import InputError
 __all__ = ["channel_keys", "deterministic", "sampling", "augmentation", "train_transforms", "val_transforms",
            "SplitChannelsd", "DEFAULT_AUGMENT"]
 
-IMAGE, LABEL = "image", "label"
+IMAGE, LABEL, WEIGHT = "image", "label", "weight"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
 
 DEFAULT_AUGMENT = {
@@ -120,11 +120,12 @@ def _crop_size(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> l
 
 
 def sampling(spatial_dims: int, patch_size: Sequence[int], augment: dict, pos: float = 1.0, neg: float = 1.0,
-             num_samples: int = 2) -> list:
-    """Pad to the sampling region, precompute fg/bg indices (cached), then draw patches (or axial slices)."""
+             num_samples: int = 2, extra_keys: Sequence[str] = ()) -> list:
+    """Pad to the sampling region, precompute fg/bg indices (cached), then draw patches (or axial slices);
+    ``extra_keys`` (a weight map) are cropped with the label."""
     crop = _crop_size(spatial_dims, patch_size, augment)
     pad_to = crop if spatial_dims == 3 else crop[:2] + [-1]
-    keys = [IMAGE, LABEL]
+    keys = [IMAGE, LABEL, *extra_keys]
     chain = [
         mt.SpatialPadd(keys, spatial_size=pad_to),
         mt.FgBgToIndicesd(LABEL, image_key=IMAGE, image_threshold=0.0),
@@ -139,10 +140,11 @@ def sampling(spatial_dims: int, patch_size: Sequence[int], augment: dict, pos: f
     return chain
 
 
-def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> list:
-    """Random spatial (on the sampled region, cropped to ``patch_size``) and intensity augmentation."""
+def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict, extra_keys: Sequence[str] = ()) -> list:
+    """Random spatial (on the sampled region, cropped to ``patch_size``) and intensity augmentation;
+    ``extra_keys`` (a weight map, interpolated linearly) move with the label."""
     a = {k: {**v, **augment.get(k, {})} for k, v in DEFAULT_AUGMENT.items()}
-    keys, modes = [IMAGE, LABEL], ["bilinear", "nearest"]
+    keys, modes = [IMAGE, LABEL, *extra_keys], ["bilinear", "nearest"] + ["bilinear"] * len(extra_keys)
     patch = [int(s) for s in patch_size]
     e, af = a["elastic"], a["affine"]
     chain = [RandDeformd(keys, patch, modes, elastic_prob=e["prob"], grid_spacing=e["grid_spacing"],
@@ -174,17 +176,26 @@ def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict) ->
 def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] | None, patch_size: Sequence[int],
                      augment: dict | None = None, pos: float = 1.0, neg: float = 1.0, num_samples: int = 2,
                      register: bool = False, n4: bool = False, volume_index: int | None = None,
-                     label_threshold: float | None = None) -> mt.Compose:
-    """Deterministic front (cacheable), then patch sampling and augmentation."""
+                     label_threshold: float | None = None, weight_map: dict | None = None) -> mt.Compose:
+    """Deterministic front (cacheable), then patch sampling and augmentation.
+
+    ``weight_map`` (``{"w0", "sigma_mm", "class_balance"}``) adds the U-Net paper's boundary weights as
+    ``weight``, computed once per case in the cached part (:mod:`pipeline.data.weight_map`)."""
     augment = augment or {}
     if len(patch_size) != spatial_dims:
         raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} values "
                          f"but spatial_dims is {spatial_dims}")
     chain = deterministic(channels, spacing, True, register, n4, spatial_dims=spatial_dims,
                           volume_index=volume_index, label_threshold=label_threshold)
-    chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples)
-    chain += augmentation(spatial_dims, patch_size, augment)
-    chain.append(mt.EnsureTyped([IMAGE, LABEL], track_meta=False))
+    extra = []
+    if weight_map:
+        from pipeline.data.weight_map import BoundaryWeightMapd
+
+        chain.append(BoundaryWeightMapd(LABEL, WEIGHT, **weight_map))
+        extra = [WEIGHT]
+    chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples, extra)
+    chain += augmentation(spatial_dims, patch_size, augment, extra)
+    chain.append(mt.EnsureTyped([IMAGE, LABEL, *extra], track_meta=False))
     return mt.Compose(chain)
 
 

@@ -1,4 +1,5 @@
-"""Network factory: a configurable 2D/3D MONAI U-Net, or DynUNet with deep supervision.
+"""Network factory: a configurable 2D/3D MONAI U-Net, DynUNet with deep supervision, or the paper's
+valid-convolution U-Net (``classic_unet``, :mod:`pipeline.models.classic_unet`).
 
 Example:
     >>> net = build_network("unet", spatial_dims=3, in_channels=3, head="softmax",
@@ -17,7 +18,7 @@ from monai.networks.nets import DynUNet, UNet
 __all__ = ["NORMS", "HEADS", "build_network", "build_ensemble", "Ensemble", "out_channels", "norm_layer",
            "network_weights"]
 
-NORMS = ("batch", "instance", "group", "layer")
+NORMS = ("batch", "instance", "group", "layer", "none")
 HEADS = {"softmax": 2, "sigmoid": 1}
 
 
@@ -44,7 +45,7 @@ def norm_layer(norm: str, groups: int = 8):
     """MONAI norm spec. 'layer' is GroupNorm with one group: LayerNorm over (C, *spatial) per sample,
     which, unlike nn.LayerNorm, does not need the feature-map size up front."""
     specs = {"batch": "batch", "instance": ("instance", {"affine": True}),
-             "group": ("flexgroup", {"num_groups": groups}), "layer": ("group", {"num_groups": 1})}
+             "group": ("flexgroup", {"num_groups": groups}), "layer": ("group", {"num_groups": 1}), "none": None}
     if norm not in specs:
         raise ValueError(f"norm must be one of {list(NORMS)}, not {norm!r}")
     return specs[norm]
@@ -54,10 +55,12 @@ def build_network(name: str = "unet", spatial_dims: int = 3, in_channels: int = 
                   channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] = (2, 2, 2),
                   num_res_units: int = 2, norm: str = "instance", groups: int = 8, dropout: float = 0.0,
                   deep_supervision: bool = False, deep_supr_num: int = 2) -> torch.nn.Module:
-    """Build ``unet`` (monai.networks.nets.UNet) or ``dynunet`` (monai.networks.nets.DynUNet)."""
+    """Build ``unet`` (monai.networks.nets.UNet), ``dynunet`` (monai.networks.nets.DynUNet) or
+    ``classic_unet`` (valid convolutions; ``channels`` are its widths per level, its pooling is always 2x2,
+    ``num_res_units`` > 0 adds residual connections)."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
-    if len(strides) != len(channels) - 1:
+    if len(strides) != len(channels) - 1 and name != "classic_unet":
         raise ValueError(f"need one stride per down-sampling: {len(channels)} channels, {len(strides)} strides")
     n_out = out_channels(head)
     config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels, head=head, channels=list(channels),
@@ -72,6 +75,12 @@ def _build(c: dict, n_out: int) -> torch.nn.Module:
     name, spatial_dims, in_channels, channels, strides = (c["name"], c["spatial_dims"], c["in_channels"],
                                                           c["channels"], c["strides"])
     num_res_units, norm, groups, dropout = c["num_res_units"], c["norm"], c["groups"], c["dropout"]
+    if name == "classic_unet":
+        from pipeline.models.classic_unet import ClassicUNet
+
+        return ClassicUNet(spatial_dims, in_channels, n_out, channels, norm, groups, num_res_units > 0, dropout)
+    if norm == "none" and name == "dynunet":
+        raise ValueError("dynunet needs a normalisation (batch, instance, group or layer)")
     if name == "unet":
         return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=n_out, channels=list(channels),
                     strides=list(strides), num_res_units=num_res_units, norm=norm_layer(norm, groups),
@@ -83,7 +92,7 @@ def _build(c: dict, n_out: int) -> torch.nn.Module:
                        upsample_kernel_size=[[s] * spatial_dims for s in strides], filters=list(channels),
                        norm_name=norm_layer(norm, groups), dropout=dropout or None, res_block=num_res_units > 0,
                        deep_supervision=c["deep_supervision"], deep_supr_num=c["deep_supr_num"])
-    raise ValueError(f"network name must be 'unet' or 'dynunet', not {name!r}")
+    raise ValueError(f"network name must be 'unet', 'dynunet' or 'classic_unet', not {name!r}")
 
 
 class Ensemble(torch.nn.Module):

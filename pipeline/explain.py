@@ -1,0 +1,173 @@
+"""What the model looked at for one predicted lesion: Grad-CAM on a decoder layer and occlusion sensitivity
+(MONAI's ``monai.visualize``), as NIfTI maps on the case's own grid and a PNG overlay.
+
+The explained score is the network's mean lesion logit over the predicted lesion (its largest 26-connected
+component; without a prediction, the voxel of highest lesion probability), in a window of the network's
+input size centred on it. Grad-CAM is computed for that score at ``layer`` (default: the last decoder
+convolution before the output layer); the occlusion map is the drop of the lesion probability when a
+cube of ``occlusion_size`` voxels around each place is blurred away (positive: evidence for the lesion).
+
+Example:
+    >>> explain_case("outputs/train/checkpoints/best-029.ckpt", case, "outputs/explain")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cc3d
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError, InputError
+
+__all__ = ["explain_case", "conv_layers", "RegionScore"]
+
+log = logging.getLogger(__name__)
+CONV = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+def conv_layers(network: torch.nn.Module) -> list[str]:
+    """Names of the network's convolution layers, input to output."""
+    return [name for name, m in network.named_modules() if isinstance(m, CONV)]
+
+
+class RegionScore(torch.nn.Module):
+    """The network's per-class logits averaged over ``region`` (1, 1, *output size): a classifier-like
+    output (B, classes) for the CAM methods."""
+
+    def __init__(self, network: torch.nn.Module, region: torch.Tensor):
+        super().__init__()
+        self.network, self.region = network, region
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x)
+        dims = tuple(range(2, logits.dim()))
+        return (logits * self.region).sum(dims) / self.region.sum()
+
+
+def _target(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, str]:
+    """The voxels to explain: the largest predicted lesion, else the most probable voxel."""
+    mask = prob >= threshold
+    if mask.any():
+        components = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+        sizes = np.bincount(components.ravel())[1:]
+        return components == (int(np.argmax(sizes)) + 1), f"the largest predicted lesion ({int(sizes.max())} voxels)"
+    region = np.zeros(prob.shape, bool)
+    region[np.unravel_index(int(np.argmax(prob)), prob.shape)] = True
+    return region, "the voxel of highest lesion probability (no lesion predicted)"
+
+
+def _place(window_map: torch.Tensor, centre, half, shape) -> np.ndarray:
+    """A window's map (window voxel i = volume voxel centre - half + i) in a zero volume of ``shape``."""
+    whole = np.zeros(tuple(shape), np.float32)
+    dst, src = [], []
+    for c, h, n, w in zip(centre, half, shape, window_map.shape, strict=True):
+        start = c - h
+        lo, hi = max(start, 0), min(start + w, n)
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - start, hi - start))
+    whole[tuple(dst)] = window_map.numpy()[tuple(src)]
+    return whole
+
+
+def explain_case(model: str | Path, case: dict, output_dir: str | Path, layer: str | None = None,
+                 occlusion_size: int = 16, occlusion_overlap: float = 0.5, device: str = "cpu") -> dict:
+    """Write ``<id>_gradcam.nii.gz``, ``<id>_occlusion.nii.gz`` (on the case's grid) and ``<id>_explain.png``;
+    returns their paths and what was explained."""
+    from monai.visualize import GradCAM, OcclusionSensitivity
+
+    from pipeline.inference import Predictor, lesion_probability, like_reference, to_grid
+    from pipeline.io import save_nifti_atomic
+    from pipeline.overlap_tile import mirror_pad
+
+    predictor = Predictor.from_path(model, device=device, runtime="torch")
+    s, network = predictor.settings, predictor.network
+    if s.spatial_dims != 3 and s.spatial_dims != 2:
+        raise ConfigError(f"cannot explain a {s.spatial_dims}D network")
+    layers = conv_layers(network)
+    layer = layer or layers[-2]
+    if layer not in layers:
+        raise ConfigError(f"--layer {layer!r} is not a convolution of this network; choose one of: "
+                          + ", ".join(layers[-6:]) + f" ({len(layers)} in all)")
+    cid = str(case.get("id", "case"))
+    image = predictor.preprocess(dict(case))["image"]
+    volume = image.as_tensor()[None].to(predictor.device)
+    prob, _ = lesion_probability(network, volume, s.spatial_dims, s.roi_size, s.head, s.overlap, s.mode,
+                                 s.sw_batch_size, skip_empty=False)
+    target, what = _target(prob[0, 0].cpu().numpy(), s.threshold)
+    centre = [int(round(c)) for c in np.argwhere(target).mean(0)]
+    size = list(s.roi_size) if s.spatial_dims == 3 else [*s.roi_size, 1]
+    half = [n // 2 for n in size]
+    after = [n - h for n, h in zip(size, half, strict=True)]
+    window = (slice(None), slice(None), *[slice(c, c + n) for c, n in zip(centre, size, strict=True)])
+    x = mirror_pad(volume, half, after)[window]  # centred on the lesion; mirrored where it leaves the volume
+    t = torch.nn.functional.pad(torch.as_tensor(target, dtype=torch.float32)[None, None],
+                                [w for h, a in zip(half[::-1], after[::-1], strict=True) for w in (h, a)])[window]
+    if s.spatial_dims == 2:
+        x, t = x[..., 0], t[..., 0]
+    out_size = network.output_size(x.shape[2:]) if hasattr(network, "output_size") else list(x.shape[2:])
+    if list(out_size) != list(x.shape[2:]):
+        from pipeline.models.classic_unet import centre_crop
+
+        t = centre_crop(t, out_size)
+    if not t.any():
+        raise InputError("the explained region falls outside the network's output window", case=cid)
+    score = RegionScore(network, t.to(x.device)).eval()
+    lesion_class = 1 if s.head == "softmax" else 0
+    cam = GradCAM(nn_module=score, target_layers=f"network.{layer}")(x, class_idx=lesion_class)
+    occlusion = OcclusionSensitivity(nn_module=score, mask_size=occlusion_size, n_batch=4, overlap=occlusion_overlap,
+                                     verbose=True, activate=torch.sigmoid if s.head == "sigmoid" else True)
+    with torch.no_grad():
+        full = torch.softmax(score(x), 1)[0, 1] if s.head == "softmax" else torch.sigmoid(score(x))[0, 0]
+        occ_map, _ = occlusion(x)
+    importance = (full - occ_map[0, lesion_class]).clamp(min=0)  # (B, classes, *spatial) in MONAI 1.6
+    maps = {}
+    for name, window_map in (("gradcam", cam[0, 0]), ("occlusion", importance)):
+        m = window_map.detach().float().cpu()
+        m = m[..., None] if s.spatial_dims == 2 else m
+        maps[name] = _place(m, centre, half, volume.shape[2:])
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    import nibabel as nib
+
+    reference = nib.load(case["image"][0])
+    affine = np.asarray(image.affine)
+    paths = {}
+    for name, m in maps.items():
+        paths[name] = output_dir / f"{cid}_{name}.nii.gz"
+        save_nifti_atomic(like_reference(to_grid(m.astype(np.float32), affine, reference), reference, np.float32),
+                          paths[name])
+    paths["png"] = output_dir / f"{cid}_explain.png"
+    _overlay(image[0].numpy(), target, maps, centre[2], paths["png"], f"{cid}: {what}, layer {layer}")
+    log.info("%s: explained %s -> %s", cid, what, output_dir)
+    return dict(paths={k: str(v) for k, v in paths.items()}, explained=what, layer=layer, centre=centre)
+
+
+def _overlay(image: np.ndarray, target: np.ndarray, maps: dict, z: int, path: Path, title: str) -> None:
+    """Axial slice ``z`` (model grid): the image with the explained lesion outlined, and each map over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.io import atomic_path
+
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(4 * (1 + len(maps)), 4.4))
+    show = lambda a: np.rot90(a[..., z])  # noqa: E731  (RAS: anterior up)
+    for ax in axes:
+        ax.imshow(show(image), cmap="gray")
+        if target[..., z].any():
+            ax.contour(show(target.astype(float)), levels=[0.5], colors="red", linewidths=0.8)
+        ax.axis("off")
+    axes[0].set_title("image + explained lesion")
+    for ax, (name, m) in zip(axes[1:], maps.items(), strict=True):
+        peak = float(m.max()) or 1.0
+        ax.imshow(np.ma.masked_less_equal(show(m), 0.05 * peak), cmap="jet", alpha=0.5, vmin=0, vmax=peak)
+        ax.set_title({"gradcam": "Grad-CAM", "occlusion": "occlusion sensitivity"}.get(name, name))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
