@@ -164,7 +164,7 @@ def _overlay(image: np.ndarray, target: np.ndarray, maps: dict, z: int, path: Pa
     axes[0].set_title("image + explained lesion")
     for ax, (name, m) in zip(axes[1:], maps.items(), strict=True):
         peak = float(m.max()) or 1.0
-        ax.imshow(np.ma.masked_less_equal(show(m), 0.05 * peak), cmap="jet", alpha=0.5, vmin=0, vmax=peak)
+        ax.imshow(np.ma.masked_less_equal(show(m), 0.2 * peak), cmap="jet", alpha=0.5, vmin=0, vmax=peak)
         ax.set_title({"gradcam": "Grad-CAM", "occlusion": "occlusion sensitivity"}.get(name, name))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -85,6 +85,8 @@ class CompiledNetwork(torch.nn.Module):
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
+            # no busy-waiting between calls: it would hold the cores the stitching between windows needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
             self.window_shape = list(session.get_inputs()[0].shape[1:])
             self._run = lambda x: session.run(None, {"image": x})[0]

@@ -186,3 +186,14 @@ def test_a_writer_killed_mid_write_leaves_no_file_under_the_final_name(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not target.exists()
+
+
+def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path):
+    from pipeline.io import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic({"a": 1}, tmp_path / "summary.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644  # readable by the group, as open() makes it
