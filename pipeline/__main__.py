@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--case", required=True, help="case id")
     p.add_argument("--output", required=True, help="folder for <id>_gradcam/_occlusion.nii.gz and <id>_explain.png")
-    p.add_argument("--layer", help="convolution layer for Grad-CAM (default: the last decoder convolution)")
+    p.add_argument("--layer", help="module name for Grad-CAM (default: the second-to-last decoder activation)")
     p.add_argument("--occlusion-size", type=int, default=16, help="occluding cube's edge in voxels (default 16)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
     p.set_defaults(func=_explain)

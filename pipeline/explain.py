@@ -3,8 +3,8 @@
 
 The explained score is the network's mean lesion logit over the predicted lesion (its largest 26-connected
 component; without a prediction, the voxel of highest lesion probability), in a window of the network's
-input size centred on it. Grad-CAM is computed for that score at ``layer`` (default: the last decoder
-convolution before the output layer); the occlusion map is the drop of the lesion probability when a
+input size centred on it. Grad-CAM is computed for that score at ``layer`` (default: the second-to-last
+decoder activation); the occlusion map is the drop of the lesion probability when a
 cube of ``occlusion_size`` voxels around each place is blurred away (positive: evidence for the lesion).
 
 Example:
@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import cc3d
@@ -22,15 +23,27 @@ import torch
 
 from pipeline.errors import ConfigError, InputError
 
-__all__ = ["explain_case", "conv_layers", "RegionScore"]
+__all__ = ["explain_case", "feature_layers", "RegionScore"]
 
 log = logging.getLogger(__name__)
-CONV = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+ACTIVATIONS = (torch.nn.ReLU, torch.nn.PReLU, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.GELU, torch.nn.SiLU)
 
 
-def conv_layers(network: torch.nn.Module) -> list[str]:
-    """Names of the network's convolution layers, input to output."""
-    return [name for name, m in network.named_modules() if isinstance(m, CONV)]
+def feature_layers(network: torch.nn.Module, x: torch.Tensor, wider_than: int = 2) -> list[str]:
+    """Activation layers in the order they run, with more than ``wider_than`` output channels.
+
+    Grad-CAM needs a layer after the normalisation: right after a convolution, an instance or group norm
+    removes each channel's mean gradient, and with it Grad-CAM's channel weights."""
+    seen: list[str] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=name: seen.append(n) if out.shape[1] > wider_than else None)
+             for name, m in network.named_modules() if isinstance(m, ACTIVATIONS)]
+    try:
+        with torch.no_grad():
+            network(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(seen))
 
 
 class RegionScore(torch.nn.Module):
@@ -57,6 +70,12 @@ def _target(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, str]:
     region = np.zeros(prob.shape, bool)
     region[np.unravel_index(int(np.argmax(prob)), prob.shape)] = True
     return region, "the voxel of highest lesion probability (no lesion predicted)"
+
+
+def _scale_to_peak(cam: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its maximum (Grad-CAM maps are already >= 0 after their ReLU)."""
+    peak = cam.flatten(1).amax(1).clamp(min=1e-12)
+    return cam / peak.view(-1, *[1] * (cam.dim() - 1))
 
 
 def _place(window_map: torch.Tensor, centre, half, shape) -> np.ndarray:
@@ -86,11 +105,6 @@ def explain_case(model: str | Path, case: dict, output_dir: str | Path, layer: s
     s, network = predictor.settings, predictor.network
     if s.spatial_dims != 3 and s.spatial_dims != 2:
         raise ConfigError(f"cannot explain a {s.spatial_dims}D network")
-    layers = conv_layers(network)
-    layer = layer or layers[-2]
-    if layer not in layers:
-        raise ConfigError(f"--layer {layer!r} is not a convolution of this network; choose one of: "
-                          + ", ".join(layers[-6:]) + f" ({len(layers)} in all)")
     cid = str(case.get("id", "case"))
     image = predictor.preprocess(dict(case))["image"]
     volume = image.as_tensor()[None].to(predictor.device)
@@ -114,12 +128,25 @@ def explain_case(model: str | Path, case: dict, output_dir: str | Path, layer: s
         t = centre_crop(t, out_size)
     if not t.any():
         raise InputError("the explained region falls outside the network's output window", case=cid)
+    modules = dict(network.named_modules())
+    if layer is None:
+        # the second-to-last decoder activation (MONAI's U-Net: the up-sampled features of the finest level).
+        # On a synthetic test case it put 28% of the map within 4 voxels of the lesion (0.3% of the volume);
+        # the last one, inside the output's residual unit, put 0% there.
+        found = feature_layers(network, x)
+        layer = found[-2] if len(found) > 1 else found[-1]
+    elif layer not in modules or not layer:
+        raise ConfigError(f"--layer {layer!r} is not a layer of this network; for example: "
+                          + ", ".join(feature_layers(network, x)[-4:]))
     score = RegionScore(network, t.to(x.device)).eval()
     lesion_class = 1 if s.head == "softmax" else 0
-    cam = GradCAM(nn_module=score, target_layers=f"network.{layer}")(x, class_idx=lesion_class)
+    # MONAI's default post-processing maps (min, max) to (1, 0), i.e. flips the map: scale by the peak instead
+    cam = GradCAM(nn_module=score, target_layers=f"network.{layer}", postprocessing=_scale_to_peak)(
+        x, class_idx=lesion_class)
     occlusion = OcclusionSensitivity(nn_module=score, mask_size=occlusion_size, n_batch=4, overlap=occlusion_overlap,
                                      verbose=True, activate=torch.sigmoid if s.head == "sigmoid" else True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # inside MONAI 1.6's occlusion code
         full = torch.softmax(score(x), 1)[0, 1] if s.head == "softmax" else torch.sigmoid(score(x))[0, 0]
         occ_map, _ = occlusion(x)
     importance = (full - occ_map[0, lesion_class]).clamp(min=0)  # (B, classes, *spatial) in MONAI 1.6
