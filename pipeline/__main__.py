@@ -139,8 +139,8 @@ def _export(args) -> int:
     from pipeline.bundle import export_bundle, log_bundle_to_run
 
     meta = export_bundle(args.checkpoint, args.bundle)
-    print(f"exported {args.checkpoint} -> {args.bundle} version {meta['version']}: models/model.pt, models/model.ts; "
-          "metadata, network in/out and TorchScript verified")
+    print(f"exported {args.checkpoint} -> {args.bundle} version {meta['version']}: models/model.pt, model.ts, "
+          "model.onnx; metadata, network in/out, TorchScript and ONNX verified")
     if not args.no_mlflow and (run_id := log_bundle_to_run(args.bundle, args.checkpoint)):
         print(f"bundle zip logged to MLflow run {run_id}")
     return EXIT_OK

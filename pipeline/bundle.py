@@ -160,7 +160,13 @@ def _update_metadata(path: Path, settings: dict, network: dict, source: str, sco
                  if settings["channels"] <= 3 else {})
     pred = meta["network_data_format"]["outputs"]["pred"]
     n_out = 2 if network["head"] == "softmax" else 1
-    pred.update(num_channels=n_out, spatial_shape=list(settings["roi_size"]),
+    out_shape = list(settings["roi_size"])
+    if network.get("name") == "classic_unet":  # valid convolutions: the output is the window's centre
+        from pipeline.models.networks import build_network
+
+        net = build_network(**{k: v for k, v in network.items() if k != "members"})
+        out_shape = net.output_size(out_shape)
+    pred.update(num_channels=n_out, spatial_shape=out_shape,
                 channel_def={"0": "background", "1": "lesion"} if n_out == 2 else {"0": "lesion"})
     if score is not None:
         meta["eval_metrics"] = {"val_mean_dice": round(float(score), 4)}

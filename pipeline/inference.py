@@ -81,10 +81,11 @@ def lesion_probability(network: torch.nn.Module, image: torch.Tensor, spatial_di
     """Mean lesion probability over the identity and every mirroring of the axes in ``tta_axes`` (spatial
     axes, 0-based; all three give nnU-Net's 8 passes); also the voxel-wise variance across them when there
     is more than one. ``inferer`` replaces the one built from the window arguments."""
-    if inferer is None and hasattr(network, "output_size"):  # valid-convolution net: overlap-tile
+    if hasattr(network, "output_size"):  # valid-convolution net: overlap-tile, whatever inferer was given
         from pipeline.overlap_tile import OverlapTileInferer
 
-        inferer = OverlapTileInferer(spatial_dims, roi_size, network.output_size, sw_batch_size)
+        if not isinstance(inferer, OverlapTileInferer):
+            inferer = OverlapTileInferer(spatial_dims, roi_size, network.output_size, sw_batch_size)
     elif inferer is None:
         inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size, device=stitch_device)
     net = SkipEmptyWindows(network, head) if skip_empty else network

@@ -2,12 +2,16 @@
 explain command, and a normalisation study from one command."""
 
 import csv
+import json
+import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_overrides
+from conftest import ROOT, run_cli, tiny_overrides
 from pipeline.data.manifest import load_manifest
 from pipeline.experiment import DEFAULT_CONFIG
 
@@ -34,6 +38,19 @@ def test_classic_unet_trains_and_infers_through_the_usual_commands(synth_set, tm
     dwi = nib.load(case["image"][0])
     mask = nib.load(tmp_path / "pred" / f"{case['id']}.nii.gz")
     assert mask.shape == dwi.shape and np.allclose(mask.affine, dwi.affine)  # overlap-tile covers the whole grid
+    if dims == 3:  # and it deploys as a bundle: TorchScript, ONNX, metadata with the smaller output
+        bundle = tmp_path / "bundle" / "stroke_mri_segmentation"
+        shutil.copytree(ROOT / "bundles" / "stroke_mri_segmentation", bundle, ignore=shutil.ignore_patterns("models"))
+        result = run_cli("export", "--checkpoint", str(ckpt), "--bundle", str(bundle), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        assert meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] == [20, 20, 20]  # 60^3 -> 20^3
+        run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                              str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle), "--datalist",
+                              str(manifest), "--output_dir", str(tmp_path / "bundle_pred")], capture_output=True,
+                             text=True, timeout=600, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert nib.load(tmp_path / "bundle_pred" / f"{case['id']}.nii.gz").shape == dwi.shape
 
 
 @pytest.mark.slow

@@ -21,10 +21,12 @@ from monai.networks.layers.factories import Act, Conv, Norm, Pool
 __all__ = ["ClassicUNet", "centre_crop"]
 
 
-def centre_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """The centre ``size`` of a (B, C, ...) tensor (where MONAI's ``CenterSpatialCrop`` puts it)."""
-    starts = [n // 2 - int(s) // 2 for n, s in zip(x.shape[2:], size, strict=True)]
-    return x[(slice(None), slice(None), *[slice(a, a + int(s)) for a, s in zip(starts, size, strict=True)])]
+def centre_crop(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """The centre ``size`` of a (B, C, ...) tensor (where MONAI's ``CenterSpatialCrop`` puts it);
+    TorchScript-compatible, so bundles can export the net."""
+    for d in range(len(size)):
+        x = x.narrow(d + 2, x.shape[d + 2] // 2 - int(size[d]) // 2, int(size[d]))
+    return x
 
 
 def _norm(name: str, dims: int, channels: int, groups: int) -> torch.nn.Module:
@@ -91,7 +93,7 @@ class ClassicUNet(torch.nn.Module):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         skips.pop()
-        for up, block in zip(self.up, self.decode, strict=True):
+        for up, block in zip(self.up, self.decode):  # noqa: B905 - TorchScript has no zip(strict=)
             x = up(x)
             x = block(torch.cat([centre_crop(skips.pop(), x.shape[2:]), x], dim=1))
         return self.head(x)
