@@ -8,9 +8,9 @@ random weights, since speed does not depend on them (``bench_accuracy.py`` check
   over the whole (uncropped) volume, overlap 0.5, Gaussian, fp32 eager PyTorch, 4 windows a batch. Project:
   the head-cropped volume, empty windows skipped, the default overlap, in each runtime (eager PyTorch,
   ONNX Runtime, OpenVINO) and for several window batch sizes.
-* ``end_to_end``: read, preprocess, predict, resample to the scanner grid, write, in a fresh process per
-  configuration (so its peak RSS is its own): the baseline (same reading and writing, MONAI's sliding window
-  as above, no crop), the project's defaults, and the defaults with 8-fold mirroring TTA.
+* ``end_to_end``: read, preprocess, predict, resample to the scanner grid, write: the MONAI-defaults pipeline
+  (:class:`MonaiBaseline`), the project's defaults, and the defaults with 8-fold mirroring TTA, timed in this
+  process with their repeats interleaved; each one's peak RSS in a fresh process of its own.
 
 Every figure is the median of ``--repeats`` runs (after a warm-up) with min and max; speed figures carry their
 ratio to the baseline measured in the same process. Writes ``benchmarks/results.json`` and ``results.md``.
@@ -168,41 +168,58 @@ def runtime_of(settings) -> str:
     return resolve_runtime(settings.runtime, torch.device("cpu"))
 
 
-END_TO_END = """
-import json, sys, tempfile, time
-sys.path.insert(0, {here!r})
-from bench_inference import _network, _settings
-from pipeline.batch_inference import segment_cases
-from pipeline.inference import Predictor
-from bench_inference import MonaiBaseline
-case, spacing, overrides = json.loads(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
-if overrides.pop("baseline", False):
-    baseline = MonaiBaseline(_network(), spacing)
-    run = lambda out: baseline.segment(case, out)
-else:
+CONFIGS = {"baseline": {"baseline": True}, "project": {}, "project_tta8": {"tta_axes": [0, 1, 2]}}
+
+
+def _runner(case: dict, spacing: float, overrides: dict):
+    """A function that segments ``case`` into a folder, for one configuration."""
+    from pipeline.batch_inference import segment_cases
+    from pipeline.inference import Predictor
+
+    overrides = dict(overrides)
+    if overrides.pop("baseline", False):
+        baseline = MonaiBaseline(_network(), spacing)
+        return lambda out: baseline.segment(case, out)
     predictor = Predictor(_network(), _settings(spacing, **overrides))
-    run = lambda out: segment_cases(predictor, [case], out, progress=False)
-times = []
-for _ in range({repeats} + 1):
-    with tempfile.TemporaryDirectory() as out:
-        t = time.perf_counter()
-        run(out)
-        times.append(time.perf_counter() - t)
+    return lambda out: segment_cases(predictor, [case], out, progress=False)
+
+
+PEAK_RSS = """
+import json, sys, tempfile
+sys.path.insert(0, {here!r})
+from bench_inference import _runner
+run = _runner(json.loads(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3]))
+with tempfile.TemporaryDirectory() as out:
+    run(out)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
-peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps(dict(times=times[1:], peak_rss_mb=peak_kb / 1024)))
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024)
 """
 
 
-def bench_end_to_end(case: dict, spacing: float, repeats: int, **overrides) -> dict:
-    """Whole cases in a fresh process (so peak RSS is this configuration's own)."""
-    code = END_TO_END.format(here=str(HERE), repeats=repeats)
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(case), str(spacing), json.dumps(overrides)],
-                         capture_output=True, text=True, cwd=HERE.parent)
+def peak_rss_mb(case: dict, spacing: float, overrides: dict) -> float:
+    """Peak RSS of one case in a fresh process (so it is this configuration's own)."""
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS.format(here=str(HERE)), json.dumps(case), str(spacing),
+                          json.dumps(overrides)], capture_output=True, text=True, cwd=HERE.parent)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return dict(seconds=_stats(result["times"]), peak_rss_mb=result["peak_rss_mb"])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_end_to_end(case: dict, spacing: float, repeats: int) -> dict:
+    """Whole cases, every configuration in this process with their repeats interleaved (a slower or faster
+    spell of the machine falls on all of them alike); then each one's peak RSS in a fresh process."""
+    runners = {name: _runner(case, spacing, overrides) for name, overrides in CONFIGS.items()}
+    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for i in range(repeats + 1):  # the first round warms up
+        for name, run in runners.items():
+            with tempfile.TemporaryDirectory() as out:
+                t = time.perf_counter()
+                run(out)
+                if i:
+                    times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["baseline"])
+    return {name: dict(seconds=_stats(times[name]), speedup=base / statistics.median(times[name]),
+                       peak_rss_mb=peak_rss_mb(case, spacing, CONFIGS[name])) for name in CONFIGS}
 
 
 def main(argv=None) -> int:
@@ -218,12 +235,7 @@ def main(argv=None) -> int:
             case = _case(Path(tmp), spacing)
             key = f"{spacing:g}mm"
             r = results[key] = dict(network=bench_network(case, spacing, args.repeats))
-            r["end_to_end"] = dict(baseline=bench_end_to_end(case, spacing, args.repeats, baseline=True),
-                                   project=bench_end_to_end(case, spacing, args.repeats),
-                                   project_tta8=bench_end_to_end(case, spacing, args.repeats, tta_axes=[0, 1, 2]))
-            base = r["end_to_end"]["baseline"]["seconds"]["median"]
-            for e in r["end_to_end"].values():
-                e["speedup"] = base / e["seconds"]["median"]
+            r["end_to_end"] = bench_end_to_end(case, spacing, args.repeats)
             print(key, "end-to-end speed-up", round(r["end_to_end"]["project"]["speedup"], 2), flush=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     Path(args.output).with_suffix(".md").write_text(to_markdown(results))

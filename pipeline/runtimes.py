@@ -74,12 +74,24 @@ class CompiledNetwork(torch.nn.Module):
             model = core.read_model(str(onnx_path))
             shape = model.input(0).get_partial_shape()
             self.window_shape = [d.get_length() for d in list(shape)[1:]]
-            # one window a call on a static shape: 1.3x faster per window than a dynamic batch (make bench)
+            # one window per request on a static shape (1.3x faster per window than a dynamic batch), a
+            # window batch spread over parallel streams (another 1.2x on 2 cores; make bench)
             model.reshape({0: [1, *self.window_shape]})
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+            streams = max(1, min(2, threads))
+            compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams,
+                                                         "INFERENCE_NUM_THREADS": threads,
                                                          "INFERENCE_PRECISION_HINT": "f32"})
-            request = compiled.create_infer_request()
-            self._run = lambda x: np.concatenate([request.infer({0: w[None]})[0] for w in x])
+            queue, results = ov.AsyncInferQueue(compiled, streams), {}
+            queue.set_callback(lambda request, i: results.__setitem__(i, request.get_output_tensor(0).data.copy()))
+
+            def run(x: np.ndarray) -> np.ndarray:
+                results.clear()
+                for i, window in enumerate(x):
+                    queue.start_async({0: window[None]}, userdata=i)
+                queue.wait_all()
+                return np.concatenate([results[i] for i in range(len(x))])
+
+            self._run = run
         elif runtime == "onnxruntime":
             import onnxruntime as ort
 

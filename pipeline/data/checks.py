@@ -68,10 +68,10 @@ class LoadCheckedd(MapTransform):
         if self.spatial_dims == 3 and 1 in img.shape[1:]:
             raise fail(f"single-slice image {tuple(img.shape[1:])} given to a 3D model; use a 2D model "
                        "(spatial_dims 2) or the whole volume")
-        bad = int((~torch.isfinite(img)).sum())
-        if bad:
-            raise fail(f"{bad} NaN/Inf voxels")
-        if not bool(img.any()):
+        values = img.as_tensor()  # plain tensor: no MetaTensor bookkeeping on whole-volume checks
+        if not bool(torch.isfinite(values).all()):
+            raise fail(f"{int((~torch.isfinite(values)).sum())} NaN/Inf voxels")
+        if not bool(values.any()):
             raise fail("image is all zero")
         return img
 

@@ -42,19 +42,22 @@ def _put(img, volume: np.ndarray):
 
 
 def _geometry(affine, shape) -> dict:
-    """SimpleITK's size, origin, spacing and direction (LPS) of a grid given by a RAS ``affine``."""
-    affine = np.asarray(affine, dtype=float)
+    """SimpleITK's size, origin, spacing and direction (LPS) of the grid of a (x, y, z) C-order array with
+    RAS ``affine``, handed to SimpleITK as is: its index (i, j, k) is our voxel (z, y, x), so the axes are
+    listed in reverse and no transposed copy is needed."""
+    affine = np.asarray(affine, dtype=float)[:, [2, 1, 0, 3]]
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     direction = RAS_TO_LPS @ affine[:3, :3] / spacing
-    return dict(size=[int(n) for n in shape], outputOrigin=tuple(RAS_TO_LPS @ affine[:3, 3]),
+    return dict(size=[int(n) for n in reversed(shape)], outputOrigin=tuple(RAS_TO_LPS @ affine[:3, 3]),
                 outputSpacing=tuple(spacing), outputDirection=tuple(direction.ravel()))
 
 
 class ResampleToGridd(MapTransform):
     """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside).
 
-    Does what MONAI's ``ResampleToMatchd`` does (differences below 1e-4 of the intensity range) with
-    SimpleITK, which needs no full sampling grid: 0.07 s instead of 0.40 s per 1 mm channel (2 cores).
+    Does what MONAI's ``ResampleToMatchd`` does (differences below 1e-4 of the intensity range, except in
+    the half voxel at the source's edge, which MONAI blends with zeros) with SimpleITK, which needs no full
+    sampling grid: 0.07 s instead of 0.40 s per 1 mm channel (2 cores).
 
     Example:
         >>> ResampleToGridd(["image_1", "image_2"], key_dst="image_0")  # doctest: +SKIP
@@ -73,7 +76,7 @@ class ResampleToGridd(MapTransform):
             if src.shape[1:] == dst.shape[1:] and np.allclose(np.asarray(src.affine), np.asarray(dst.affine),
                                                                atol=1e-4):
                 continue
-            moving = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(src[0], np.float32).transpose(2, 1, 0)))
+            moving = sitk.GetImageFromArray(np.asarray(src.as_tensor()[0], np.float32))
             g = _geometry(src.affine, src.shape[1:])
             moving.SetOrigin(g["outputOrigin"])
             moving.SetSpacing(g["outputSpacing"])
@@ -82,7 +85,7 @@ class ResampleToGridd(MapTransform):
                                   grid["outputSpacing"], grid["outputDirection"], 0.0, sitk.sitkFloat32)
             meta = dict(src.meta)
             meta.update(affine=dst.affine.clone(), spatial_shape=np.asarray(dst.shape[1:]))
-            d[key] = MetaTensor(torch.from_numpy(_from_sitk(moved).copy())[None], meta=meta)
+            d[key] = MetaTensor(torch.from_numpy(sitk.GetArrayFromImage(moved))[None], meta=meta)
         return d
 
 
