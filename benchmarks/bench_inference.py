@@ -9,8 +9,8 @@ random weights, since speed does not depend on them (``bench_accuracy.py`` check
   the head-cropped volume, empty windows skipped, the default overlap, in each runtime (eager PyTorch,
   ONNX Runtime, OpenVINO) and for several window batch sizes.
 * ``end_to_end``: read, preprocess, predict, resample to the scanner grid, write: the MONAI-defaults pipeline
-  (:class:`MonaiBaseline`), the project's defaults, and the defaults with 8-fold mirroring TTA, timed in this
-  process with their repeats interleaved; each one's peak RSS in a fresh process of its own.
+  (:class:`MonaiBaseline`) and the project's defaults timed in this process with their repeats interleaved,
+  then the defaults with 8-fold mirroring TTA; each one's peak RSS in a fresh process of its own.
 
 Every figure is the median of ``--repeats`` runs (after a warm-up) with min and max; speed figures carry their
 ratio to the baseline measured in the same process. Writes ``benchmarks/results.json`` and ``results.md``.
@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _stats(values: list[float]) -> dict:
-    return dict(median=statistics.median(values), min=min(values), max=max(values), n=len(values))
+    return dict(median=statistics.median(values), min=min(values), max=max(values), n=len(values), all=values)
 
 
 def _time(fn, repeats: int) -> dict:
@@ -206,17 +206,24 @@ def peak_rss_mb(case: dict, spacing: float, overrides: dict) -> float:
 
 
 def bench_end_to_end(case: dict, spacing: float, repeats: int) -> dict:
-    """Whole cases, every configuration in this process with their repeats interleaved (a slower or faster
-    spell of the machine falls on all of them alike); then each one's peak RSS in a fresh process."""
+    """Whole cases in this process: the baseline and the project's defaults with their repeats interleaved
+    (a slower or faster spell of the machine falls on both alike), then the defaults with TTA; then each
+    configuration's peak RSS in a fresh process."""
     runners = {name: _runner(case, spacing, overrides) for name, overrides in CONFIGS.items()}
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+
+    def timed(name: str) -> float:
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            runners[name](out)
+            return time.perf_counter() - t
+
     for i in range(repeats + 1):  # the first round warms up
-        for name, run in runners.items():
-            with tempfile.TemporaryDirectory() as out:
-                t = time.perf_counter()
-                run(out)
-                if i:
-                    times[name].append(time.perf_counter() - t)
+        for name in ("baseline", "project"):
+            seconds = timed(name)
+            if i:
+                times[name].append(seconds)
+    times["project_tta8"] = _time(lambda: timed("project_tta8"), repeats)["all"]
     base = statistics.median(times["baseline"])
     return {name: dict(seconds=_stats(times[name]), speedup=base / statistics.median(times[name]),
                        peak_rss_mb=peak_rss_mb(case, spacing, CONFIGS[name])) for name in CONFIGS}

@@ -113,7 +113,9 @@ def bench_flops(repeats: int) -> dict:
     compiled = compile_network(net, "openvino", torch.device("cpu"), 3, [64, 64, 64])
     with torch.no_grad():
         forward = _time(lambda: net(x), repeats)
-        forward_ov = _time(lambda: compiled(x), repeats)
+        batch = x.repeat(8, 1, 1, 1, 1)  # as sliding windows feed it: 8 windows over two parallel streams
+        forward_ov = _time(lambda: compiled(batch), repeats)
+        forward_ov = {k: (v / 8 if k != "n" else v) for k, v in forward_ov.items() if k != "all"}
     return dict(flops_per_window=flops, peak_flops_per_s=peak, forward_s=forward, forward_openvino_s=forward_ov,
                 achieved_fraction=flops / forward["median"] / peak,
                 achieved_fraction_openvino=flops / forward_ov["median"] / peak)
@@ -152,7 +154,7 @@ def to_markdown(r: dict) -> str:
         f"| measured fp32 matmul peak (GFLOP/s) | {fl['peak_flops_per_s'] / 1e9:.0f} | |",
         f"| forward pass of one window, eager PyTorch (s) | {f(fl['forward_s'], 3)} | |",
         f"| achieved fraction of peak, eager PyTorch | {fl['achieved_fraction']:.1%} | |",
-        f"| forward pass of one window, OpenVINO (s) | {f(fl['forward_openvino_s'], 3)} | |",
+        f"| forward pass per window, OpenVINO, 8 windows a call (s) | {f(fl['forward_openvino_s'], 3)} | |",
         f"| achieved fraction of peak, OpenVINO | {fl['achieved_fraction_openvino']:.1%} | |",
     ]) + "\n"
 
