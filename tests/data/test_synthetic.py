@@ -4,7 +4,8 @@ import pytest
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
-from pipeline.data.synthetic import _lesion_map, isles22_paths, load_anatomy, synthesize_subject
+from pipeline.data.anatomy import lesion_maps
+from pipeline.data.synthetic import isles22_paths, load_anatomy, synthesize_subject
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_lesions_inside_the_brain_and_one_subject_in_six_lesion_free(anatomy):
 def test_lesion_volumes_span_well_under_1ml_to_over_50ml(anatomy):
     volumes = []
     for seed in range(40):
-        lesion, _ = _lesion_map(anatomy, np.random.default_rng(seed))
+        lesion, _, _ = lesion_maps(anatomy, np.random.default_rng(seed))
         labels, n = ndimage.label(lesion > 0.5)
         volumes += list(np.bincount(labels.ravel())[1:] / 1000.0)  # 1 mm voxels -> mL
     assert min(volumes) < 0.5 and max(volumes) > 50
