@@ -3,10 +3,15 @@
 Three chains share one deterministic front (cached by the data module):
 
 * ``deterministic``: load every channel, resample channels onto the first channel's grid (ISLES'22
-  FLAIR has its own), optional SimpleITK registration and N4, orient RAS, resample to ``spacing``,
-  crop to the head, z-score each channel inside the brain (non-zero voxels).
-* ``train_transforms``: the above + patch sampling with a positive/negative ratio (3D patches or
-  axial 2D slices) + augmentation applied to the sampled region only.
+  FLAIR has its own), optional SimpleITK registration and N4, orient RAS, resample to ``spacing``
+  (smoothing first along axes that get coarser: :mod:`pipeline.data.antialias`), find the head on the first
+  channel, crop to it, and normalise whatever the storage (:mod:`pipeline.data.normalise`: percentile
+  clipping and z-score per channel inside the head, 0 outside).
+* ``train_transforms``: the above (normalisation statistics cached, applied per patch) + patch sampling with
+  a positive/negative ratio (3D patches or axial 2D slices) + augmentation of the sampled region: spatial
+  (elastic, affine, flips), raw-intensity (per-channel bias field and gamma), then normalisation, then
+  acquisition shift (:mod:`pipeline.data.augment`: low resolution, per-channel contrast, brightness, shift,
+  blur, noise), each with its own probability.
 * ``val_transforms``: the deterministic chain on whole volumes (validation runs sliding windows).
 
 Example:
@@ -22,25 +27,32 @@ from collections.abc import Sequence
 import numpy as np
 from monai import transforms as mt
 
+from pipeline.data.antialias import AntiAliasd
+from pipeline.data.augment import ForegroundOnlyd, RandLowResolutiond, RandPerChanneld
 from pipeline.data.deform import RandDeformd
-from pipeline.errors import InputError
+from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, FieldOfViewd, normalisation
+from pipeline.errors import ConfigError, InputError
 
 __all__ = ["channel_keys", "deterministic", "sampling", "augmentation", "train_transforms", "val_transforms",
-           "SplitChannelsd", "DEFAULT_AUGMENT"]
+           "SplitChannelsd", "DEFAULT_AUGMENT", "augment_settings", "raw_intensity", "acquisition_shift"]
 
-IMAGE, LABEL, WEIGHT = "image", "label", "weight"
+IMAGE, LABEL, WEIGHT, HEAD, FOV = "image", "label", "weight", "head", "fov"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
 
+# Every augmentation and its defaults (prob 0: off). bias_field and gamma act per channel on raw intensities,
+# the other intensity ones on z-scored values.
 DEFAULT_AUGMENT = {
     "elastic": {"prob": 0.0, "grid_spacing": 16, "magnitude_range": [1.0, 2.0]},
     "affine": {"prob": 0.0, "rotate_deg": 15.0, "scale": 0.15},
     "flip": {"prob": 0.0, "axes": [0, 1, 2]},
-    "intensity_scale": {"prob": 0.0, "factors": 0.1},
-    "intensity_shift": {"prob": 0.0, "offsets": 0.1},
-    "contrast": {"prob": 0.0, "gamma": [0.7, 1.5]},
+    "low_resolution": {"prob": 0.0, "min_factor": 1.5, "max_factor": 4.0, "channel_wise": False},
+    "gamma": {"prob": 0.0, "gamma": [0.7, 1.5]},
+    "contrast": {"prob": 0.0, "factors": 0.25},
+    "brightness": {"prob": 0.0, "factors": 0.25},
+    "shift": {"prob": 0.0, "offsets": 0.25},
+    "bias_field": {"prob": 0.0, "coeff_range": [0.0, 0.07], "degree": 3},
+    "blur": {"prob": 0.0, "sigma": [0.5, 1.5]},
     "noise": {"prob": 0.0, "std": 0.1},
-    "smooth": {"prob": 0.0, "sigma": [0.5, 1.0]},
-    "bias_field": {"prob": 0.0, "coeff_range": [0.0, 0.1], "degree": 3},
 }
 
 
@@ -73,11 +85,13 @@ class SplitChannelsd(mt.MapTransform):
 def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bool = True,
                   register: bool = False, n4: bool = False, crop_margin: int = 2, spatial_dims: int = 3,
                   volume_index: int | None = None, label_threshold: float | None = None,
-                  crop_to_head: bool = True) -> list:
-    """Load with checks, align channels, (register, N4), orient RAS, resample, crop to head (no normalisation).
+                  crop_to_head: bool = True, normalise: dict | None = None, apply_normalisation: bool = True) -> list:
+    """Load with checks, align channels, (register, N4), orient RAS, resample, crop to the head, normalise.
 
     ``volume_index`` picks one volume of 4D images; ``label_threshold`` binarises probabilistic labels
-    (see :class:`~pipeline.data.checks.LoadCheckedd`).
+    (see :class:`~pipeline.data.checks.LoadCheckedd`); ``normalise`` sets the percentiles and mask block of
+    :func:`~pipeline.data.normalise.normalisation`. Without ``apply_normalisation`` the chain ends with the
+    head mask and the statistics (keys ``head``, ``norm_stats``), for training to apply after augmenting.
     """
     from pipeline.data.checks import LoadCheckedd
     from pipeline.data.sitk_transforms import ResampleToGridd
@@ -98,18 +112,16 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
             chain.append(RigidRegisterd(keys[1:], fixed_key=keys[0]))
         if n4:
             chain.append(N4BiasFieldd(keys))
-    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys),
-              mt.Orientationd([IMAGE] + label, axcodes="RAS", labels=RAS_LABELS)]
+    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys), FieldOfViewd(IMAGE, FOV),
+              mt.Orientationd([IMAGE, FOV] + label, axcodes="RAS", labels=RAS_LABELS)]
     if spacing:
-        chain.append(mt.Spacingd([IMAGE] + label, pixdim=spacing, mode=["bilinear", "nearest"][: 1 + len(label)],
-                                 padding_mode="zeros", dtype=np.float32))
-    if crop_to_head:
-        chain.append(mt.CropForegroundd([IMAGE] + label, source_key=IMAGE, margin=crop_margin, allow_smaller=True))
-    return chain
-
-
-def _normalise() -> list:
-    return [mt.NormalizeIntensityd(IMAGE, nonzero=True, channel_wise=True)]
+        chain.append(AntiAliasd(IMAGE, spacing))
+        chain.append(mt.Spacingd([IMAGE, FOV] + label, pixdim=spacing,
+                                 mode=["bilinear", "bilinear", "nearest"][: 2 + len(label)], padding_mode="zeros",
+                                 dtype=np.float32))
+    return chain + normalisation(IMAGE, **{**DEFAULT_NORMALISE, **(normalise or {})},
+                                 crop_margin=crop_margin if crop_to_head else None, crop_keys=label,
+                                 apply=apply_normalisation)
 
 
 def _crop_size(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> list[int]:
@@ -121,15 +133,14 @@ def _crop_size(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> l
 
 def sampling(spatial_dims: int, patch_size: Sequence[int], augment: dict, pos: float = 1.0, neg: float = 1.0,
              num_samples: int = 2, extra_keys: Sequence[str] = ()) -> list:
-    """Pad to the sampling region, precompute fg/bg indices (cached), then draw patches (or axial slices);
-    ``extra_keys`` (a weight map) are cropped with the label."""
+    """Pad to the sampling region, precompute fg/bg indices (cached; negatives from inside the head), then draw
+    patches (or axial slices); the head mask and ``extra_keys`` (a weight map) are cropped with the label."""
     crop = _crop_size(spatial_dims, patch_size, augment)
     pad_to = crop if spatial_dims == 3 else crop[:2] + [-1]
-    keys = [IMAGE, LABEL, *extra_keys]
+    keys = [IMAGE, LABEL, HEAD, *extra_keys]
     chain = [
         mt.SpatialPadd(keys, spatial_size=pad_to),
-        mt.FgBgToIndicesd(LABEL, image_key=IMAGE, image_threshold=0.0),
-        *_normalise(),
+        mt.FgBgToIndicesd(LABEL, image_key=HEAD, image_threshold=0.5),
         mt.RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=crop, pos=pos, neg=neg,
                                   num_samples=num_samples, fg_indices_key=f"{LABEL}_fg_indices",
                                   bg_indices_key=f"{LABEL}_bg_indices"),
@@ -140,11 +151,58 @@ def sampling(spatial_dims: int, patch_size: Sequence[int], augment: dict, pos: f
     return chain
 
 
+def augment_settings(augment: dict | None) -> dict:
+    """``augment`` merged over :data:`DEFAULT_AUGMENT`; an unknown name is a ConfigError listing the known."""
+    augment = augment or {}
+    unknown = sorted(set(augment) - set(DEFAULT_AUGMENT))
+    if unknown:
+        raise ConfigError(f"augment: unknown {', '.join(unknown)}; known: {', '.join(DEFAULT_AUGMENT)}")
+    return {k: {**v, **(augment.get(k) or {})} for k, v in DEFAULT_AUGMENT.items()}
+
+
+def raw_intensity(a: dict) -> list:
+    """Per-channel bias field and gamma on raw intensities (before normalisation, where a coil's field acts):
+    the stored zeros stay zero."""
+    chain = []
+    if a["bias_field"]["prob"] > 0:
+        p = a["bias_field"]
+        chain.append(RandPerChanneld(IMAGE, mt.RandBiasField(degree=p["degree"], coeff_range=p["coeff_range"],
+                                                             prob=p["prob"])))
+    if a["gamma"]["prob"] > 0:
+        chain.append(RandPerChanneld(IMAGE, mt.RandAdjustContrast(prob=a["gamma"]["prob"], gamma=a["gamma"]["gamma"])))
+    return chain
+
+
+def acquisition_shift(a: dict) -> list:
+    """Low resolution and per-channel contrast, brightness, shift, blur and noise on z-scored values, each with
+    its own probability, kept inside the head (:class:`~pipeline.data.augment.ForegroundOnlyd`)."""
+    chain = []
+    if a["low_resolution"]["prob"] > 0:
+        chain.append(RandLowResolutiond(IMAGE, **a["low_resolution"]))
+    if a["contrast"]["prob"] > 0:
+        chain.append(RandPerChanneld(IMAGE, mt.RandScaleIntensityFixedMean(prob=a["contrast"]["prob"],
+                                                                           factors=a["contrast"]["factors"])))
+    if a["brightness"]["prob"] > 0:
+        chain.append(mt.RandScaleIntensityd(IMAGE, factors=a["brightness"]["factors"],
+                                            prob=a["brightness"]["prob"], channel_wise=True))
+    if a["shift"]["prob"] > 0:
+        chain.append(mt.RandShiftIntensityd(IMAGE, offsets=a["shift"]["offsets"], prob=a["shift"]["prob"],
+                                            channel_wise=True))
+    if a["blur"]["prob"] > 0:
+        s = a["blur"]["sigma"]
+        chain.append(mt.RandGaussianSmoothd(IMAGE, sigma_x=s, sigma_y=s, sigma_z=s, prob=a["blur"]["prob"]))
+    if a["noise"]["prob"] > 0:
+        chain.append(mt.RandGaussianNoised(IMAGE, std=a["noise"]["std"], prob=a["noise"]["prob"]))
+    return [ForegroundOnlyd(IMAGE, chain)] if chain else []
+
+
 def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict, extra_keys: Sequence[str] = ()) -> list:
-    """Random spatial (on the sampled region, cropped to ``patch_size``) and intensity augmentation;
-    ``extra_keys`` (a weight map, interpolated linearly) move with the label."""
-    a = {k: {**v, **augment.get(k, {})} for k, v in DEFAULT_AUGMENT.items()}
-    keys, modes = [IMAGE, LABEL, *extra_keys], ["bilinear", "nearest"] + ["bilinear"] * len(extra_keys)
+    """Spatial augmentation of the sampled region (cropped to ``patch_size``; the head mask and ``extra_keys``, a
+    weight map interpolated linearly, move with the label), raw-intensity augmentation, normalisation with the
+    volume's statistics, then acquisition-shift augmentation."""
+    a = augment_settings(augment)
+    keys = [IMAGE, LABEL, HEAD, *extra_keys]
+    modes = ["bilinear", "nearest", "nearest"] + ["bilinear"] * len(extra_keys)
     patch = [int(s) for s in patch_size]
     e, af = a["elastic"], a["affine"]
     chain = [RandDeformd(keys, patch, modes, elastic_prob=e["prob"], grid_spacing=e["grid_spacing"],
@@ -153,40 +211,25 @@ def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict, ex
     for axis in a["flip"]["axes"]:
         if a["flip"]["prob"] > 0 and axis < spatial_dims:
             chain.append(mt.RandFlipd(keys, prob=a["flip"]["prob"], spatial_axis=axis))
-    if a["intensity_scale"]["prob"] > 0:
-        chain.append(mt.RandScaleIntensityd(IMAGE, factors=a["intensity_scale"]["factors"],
-                                            prob=a["intensity_scale"]["prob"], channel_wise=True))
-    if a["intensity_shift"]["prob"] > 0:
-        chain.append(mt.RandShiftIntensityd(IMAGE, offsets=a["intensity_shift"]["offsets"],
-                                            prob=a["intensity_shift"]["prob"], channel_wise=True))
-    if a["contrast"]["prob"] > 0:
-        chain.append(mt.RandAdjustContrastd(IMAGE, gamma=a["contrast"]["gamma"], prob=a["contrast"]["prob"],
-                                            retain_stats=True))
-    if a["noise"]["prob"] > 0:
-        chain.append(mt.RandGaussianNoised(IMAGE, std=a["noise"]["std"], prob=a["noise"]["prob"]))
-    if a["smooth"]["prob"] > 0:
-        s = a["smooth"]["sigma"]
-        chain.append(mt.RandGaussianSmoothd(IMAGE, sigma_x=s, sigma_y=s, sigma_z=s, prob=a["smooth"]["prob"]))
-    if a["bias_field"]["prob"] > 0:
-        chain.append(mt.RandBiasFieldd(IMAGE, degree=a["bias_field"]["degree"],
-                                       coeff_range=a["bias_field"]["coeff_range"], prob=a["bias_field"]["prob"]))
-    return chain
+    return chain + raw_intensity(a) + [ApplyNormd(IMAGE, HEAD)] + acquisition_shift(a)
 
 
 def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] | None, patch_size: Sequence[int],
                      augment: dict | None = None, pos: float = 1.0, neg: float = 1.0, num_samples: int = 2,
                      register: bool = False, n4: bool = False, volume_index: int | None = None,
-                     label_threshold: float | None = None, weight_map: dict | None = None) -> mt.Compose:
+                     label_threshold: float | None = None, weight_map: dict | None = None,
+                     normalise: dict | None = None) -> mt.Compose:
     """Deterministic front (cacheable), then patch sampling and augmentation.
 
     ``weight_map`` (``{"w0", "sigma_mm", "class_balance"}``) adds the U-Net paper's boundary weights as
     ``weight``, computed once per case in the cached part (:mod:`pipeline.data.weight_map`)."""
-    augment = augment or {}
+    augment = augment_settings(augment)
     if len(patch_size) != spatial_dims:
         raise ValueError(f"patch_size {list(patch_size)} has {len(patch_size)} values "
                          f"but spatial_dims is {spatial_dims}")
     chain = deterministic(channels, spacing, True, register, n4, spatial_dims=spatial_dims,
-                          volume_index=volume_index, label_threshold=label_threshold)
+                          volume_index=volume_index, label_threshold=label_threshold, normalise=normalise,
+                          apply_normalisation=False)
     extra = []
     if weight_map:
         from pipeline.data.weight_map import BoundaryWeightMapd
@@ -201,9 +244,9 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
 
 def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,
                    with_label: bool = True, spatial_dims: int = 3, volume_index: int | None = None,
-                   label_threshold: float | None = None, crop_to_head: bool = True) -> mt.Compose:
+                   label_threshold: float | None = None, crop_to_head: bool = True,
+                   normalise: dict | None = None) -> mt.Compose:
     """Whole volumes, deterministic only: what validation and inference see."""
-    chain = deterministic(channels, spacing, with_label, register, n4, spatial_dims=spatial_dims,
-                          volume_index=volume_index, label_threshold=label_threshold,
-                          crop_to_head=crop_to_head) + _normalise()
-    return mt.Compose(chain)
+    return mt.Compose(deterministic(channels, spacing, with_label, register, n4, spatial_dims=spatial_dims,
+                                    volume_index=volume_index, label_threshold=label_threshold,
+                                    crop_to_head=crop_to_head, normalise=normalise))

@@ -5,11 +5,10 @@ import torch
 
 from conftest import write_nifti
 from pipeline.data.manifest import load_manifest
-from pipeline.data.transforms import train_transforms, val_transforms
+from pipeline.data.transforms import DEFAULT_AUGMENT, train_transforms, val_transforms
 from pipeline.errors import find_pipeline_error
 
-AUGMENT_ALL = {k: {"prob": 1.0} for k in ("elastic", "affine", "flip", "intensity_scale", "intensity_shift",
-                                          "contrast", "noise", "smooth", "bias_field")}
+AUGMENT_ALL = {k: {"prob": 1.0} for k in DEFAULT_AUGMENT}
 
 
 @pytest.fixture(scope="module")
