@@ -145,6 +145,7 @@ class Settings:
     register: bool = False
     n4: bool = False
     volume_index: int | None = None
+    normalise: dict | None = None  # percentiles and head-mask block of RobustNormalised (None: its defaults)
     crop_to_head: bool = True
     overlap: float = 0.25  # measured (make bench): Dice as at 0.5 on the synthetic test split, 1.3x faster
     mode: str = "gaussian"
@@ -163,8 +164,9 @@ class Settings:
         inferer = hparams.get("inferer") or {}
         return cls(spatial_dims=hparams["spatial_dims"], roi_size=list(hparams["roi_size"]), head=hparams["head"],
                    channels=pre.get("channels", 3), spacing=pre.get("spacing"), register=pre.get("register", False),
-                   n4=pre.get("n4", False), volume_index=pre.get("volume_index"), mode=inferer.get("mode", "gaussian"),
-                   threshold=hparams.get("threshold", 0.5))
+                   n4=pre.get("n4", False), volume_index=pre.get("volume_index"), normalise=pre.get("normalise"),
+                   mode=inferer.get("mode", "gaussian"),
+                   threshold=hparams.get("threshold", 0.5), min_lesion_ml=hparams.get("min_lesion_ml", 0.0))
 
 
 def _network_from_checkpoint(path: Path, device) -> tuple[torch.nn.Module, Settings]:
@@ -219,7 +221,8 @@ class Predictor:
         self.runner = compile_network(self.network, s.runtime, self.device, s.channels, s.roi_size, onnx_model)
         self.preprocess = preprocessing or val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4,
                                                           with_label=False, spatial_dims=s.spatial_dims,
-                                                          volume_index=s.volume_index, crop_to_head=s.crop_to_head)
+                                                          volume_index=s.volume_index, crop_to_head=s.crop_to_head,
+                                                          normalise=s.normalise)
         self.inferer = inferer
         self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml)
 
@@ -275,14 +278,30 @@ class Predictor:
 
 
 def to_grid(data: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image) -> np.ndarray:
-    """A 3D map with voxel-to-world ``affine`` on the grid of ``reference`` (trilinear, zeros outside)."""
+    """A 3D map with voxel-to-world ``affine`` on the grid of ``reference`` (trilinear, zeros outside).
+
+    Where a reference voxel is longer than the map's along an axis (a thick slice), the map is averaged over
+    it, as the scanner's slice profile averages tissue (one sample per map voxel, a box profile): sampling
+    only each slice's centre would let a lesion's top or bottom slice hinge on one plane.
+    """
     shape = reference.shape[:3]
     copied = aligned_copy(data, affine, reference.affine, shape)
     if copied is not None:
         return copied
-    dst = MetaTensor(torch.zeros((1, *shape)), affine=torch.as_tensor(reference.affine))
+    ref_affine = np.asarray(reference.affine, float)
+    ratio = np.linalg.norm(ref_affine[:3, :3], axis=0) / np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0).min()
+    steps = [int(np.ceil(r)) if r > 1.5 else 1 for r in ratio]
+    fine = ref_affine.copy()
+    for axis, k in enumerate(steps):  # k sub-samples centred in each reference voxel along this axis
+        fine[:3, axis] = ref_affine[:3, axis] / k
+        fine[:3, 3] -= ref_affine[:3, axis] * (k - 1) / (2 * k)
+    fine_shape = [n * k for n, k in zip(shape, steps, strict=True)]
+    dst = MetaTensor(torch.zeros((1, *fine_shape)), affine=torch.as_tensor(fine))
     resample = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
-    return resample(MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(affine)), dst)[0].numpy()
+    out = resample(MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(affine)), dst)[0].numpy()
+    if any(k > 1 for k in steps):
+        out = out.reshape(shape[0], steps[0], shape[1], steps[1], shape[2], steps[2]).mean((1, 3, 5))
+    return out
 
 
 def aligned_copy(src: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int],
