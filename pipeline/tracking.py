@@ -17,7 +17,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["resolve_tracking_uri", "mlflow_logger", "log_figure", "log_run_context", "log_checkpoint", "RUN_ID_FILE",
+__all__ = ["resolve_tracking_uri", "mlflow_logger", "describe_run", "log_figure", "log_run_context", "log_checkpoint",
+           "RUN_ID_FILE",
            "server_unreachable", "sync_runs", "experiment_id"]
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,27 @@ def server_unreachable(uri: str, timeout: float = 5.0) -> str | None:
         return str(getattr(err, "reason", err))
 
 
+def describe_run(network: str = "unet", spatial_dims: int = 3, loss: str = "dice_ce", spacing=None,
+                 datalist: str | None = None, max_epochs: int | None = None, seed: int = 0) -> str:
+    """A run name that tells what was run, e.g. ``unet3d-dice_ce-2mm-synthetic-e30-s0``."""
+    if spacing is None:
+        size = "native"
+    else:
+        values = [f"{float(v):g}" for v in spacing]
+        size = (values[0] if len(set(values)) == 1 else "x".join(values)) + "mm"
+    parts = [f"{network}{spatial_dims}d", loss, size, Path(datalist).stem if datalist else None,
+             f"e{max_epochs}" if max_epochs else None, f"s{seed}"]
+    return "-".join(str(p) for p in parts if p)
+
+
 def mlflow_logger(experiment_name: str = "stroke_mri_segmentation", tracking_uri: str | None = None,
                   run_name: str | None = None, output_dir: str | None = None, resume: bool = False,
-                  tracking_required: bool = False, tags: dict | None = None) -> MLFlowLogger:
+                  tracking_required: bool = False, tags: dict | None = None,
+                  describe: dict | None = None) -> MLFlowLogger:
     """Lightning's MLFlowLogger; with ``resume`` it continues the run recorded in ``output_dir``.
+
+    Without ``run_name`` the run is named by :func:`describe_run` from ``describe`` (network, loss, spacing,
+    data, epochs, seed) rather than MLflow's random words.
 
     An unreachable tracking server stops the run before training when ``tracking_required``; otherwise
     the run is tracked in ``output_dir/mlflow_offline.db`` (said once), to copy over later with
@@ -80,6 +98,7 @@ def mlflow_logger(experiment_name: str = "stroke_mri_segmentation", tracking_uri
     if resume and output_dir and (Path(output_dir) / RUN_ID_FILE).is_file():
         run_id = (Path(output_dir) / RUN_ID_FILE).read_text().strip()
         log.info("resuming MLflow run %s", run_id)
+    run_name = run_name or describe_run(**(describe or {}))
     return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags or None,
                         artifact_location=_artifact_location(uri), run_id=run_id)
 

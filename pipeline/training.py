@@ -59,6 +59,7 @@ class LesionSegmentation(pl.LightningModule):
         scheduler: ``{"name": "cosine"|"poly"|"constant", "warmup_steps", "poly_exponent"}``, stepped per batch.
         inferer: ``{"overlap", "mode", "sw_batch_size"}`` for validation windows.
         threshold: probability above which a voxel is lesion.
+        min_lesion_ml: lesions (26-connected) smaller than this are dropped, in validation as in inference.
         val_images: how many validation cases to draw in the per-epoch picture.
         preprocessing: ``{"channels", "spacing", "register", "n4"}`` of the deterministic transforms, saved
             with checkpoints so inference prepares images the same way.
@@ -68,24 +69,29 @@ class LesionSegmentation(pl.LightningModule):
             extraction; 0: fine-tune everything from the start).
         regularization: ``{"l1", "l2"}``: coefficients of penalties on the sum of absolute / squared
             convolution weights (not biases or norm parameters), added to the loss.
+        channels_last: train 3D nets in the channels-last memory layout (1.45x faster training steps on CPU,
+            ``make bench``; the layout oneDNN and cuDNN convolutions prefer). Weights save as usual.
     """
 
     def __init__(self, network: torch.nn.Module, loss: torch.nn.Module, head: str = "softmax", spatial_dims: int = 3,
                  roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
-                 inferer: dict | None = None, threshold: float = 0.5, val_images: int = 4,
+                 inferer: dict | None = None, threshold: float = 0.5, min_lesion_ml: float = 0.0, val_images: int = 4,
                  preprocessing: dict | None = None, seed: int = 0, init_from: str | None = None,
-                 freeze_encoder_epochs: int = 0, regularization: dict | None = None):
+                 freeze_encoder_epochs: int = 0, regularization: dict | None = None, channels_last: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
         self.loss = DeepSupervisionLoss(loss)
         self.head, self.spatial_dims, self.roi_size, self.threshold = head, spatial_dims, list(roi_size), threshold
+        self.min_lesion_ml = min_lesion_ml
         self.optimizer_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.99, **(optimizer or {})}
         self.scheduler_cfg = {"name": "cosine", "warmup_steps": 0, "poly_exponent": 0.9, **(scheduler or {})}
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
         self.val_images, self.seed = val_images, seed
         self.init_from, self.freeze_encoder_epochs = init_from, freeze_encoder_epochs
         self.penalty = {"l1": 0.0, "l2": 0.0, **(regularization or {})}
+        self.memory_format = torch.channels_last_3d if channels_last and spatial_dims == 3 else torch.contiguous_format
+        self.network = self.network.to(memory_format=self.memory_format)
         if init_from:
             from pipeline.models.pretrained import load_pretrained
 
@@ -105,7 +111,7 @@ class LesionSegmentation(pl.LightningModule):
         torch.manual_seed(int(np.random.default_rng([self.seed, self.current_epoch]).integers(2**31 - 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        return self.network(x.contiguous(memory_format=self.memory_format))
 
     def _target(self, label: torch.Tensor) -> torch.Tensor:
         return (label > 0.5).float()
@@ -146,6 +152,12 @@ class LesionSegmentation(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         prob = self.predict_probability(batch["image"])
         pred = (prob >= self.threshold).cpu().numpy()
+        if self.min_lesion_ml > 0:
+            from pipeline.inference import remove_small_lesions
+
+            affine = np.asarray(batch["image"].affine[0]) if hasattr(batch["image"], "affine") else np.eye(4)
+            voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000  # whole volumes, also for 2D
+            pred = np.stack([remove_small_lesions(p[0], voxel_ml, self.min_lesion_ml)[None] for p in pred])
         truth = (batch["label"] > 0.5).cpu().numpy()
         index = batch.get("case_index", torch.arange(len(pred)) + batch_idx * len(pred))
         for i in range(len(pred)):

@@ -35,6 +35,7 @@ def test_3d_training_writes_checkpoints_and_a_complete_mlflow_run(synth_set, tmp
     assert (ckpts / "last.ckpt").is_file() and list(ckpts.glob("best-*.ckpt"))
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "unet3d-dice_ce-4mm-synth-e2-s0"  # what was run, not MLflow's random words
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] and \
         len(client.get_metric_history(run.info.run_id, "val/dice")) == 2
     assert len(client.get_metric_history(run.info.run_id, "val/lesion_f1")) == 2
