@@ -139,3 +139,34 @@ def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tiny_checkp
     for name in ("per_case_scores.png", "volumes.png", "best_worst_cases.png", "report.html"):
         assert (tmp_path / "eval" / name).stat().st_size > 5000
     assert "data:image/png;base64" in (tmp_path / "eval" / "report.html").read_text()
+    free = summary["lesion_free"]
+    assert free["cases"] == sum(r["true_ml"] == 0 for r in _rows(tmp_path / "eval" / "metrics.csv"))
+    assert f"lesion-free cases with a false lesion: {free['with_false_lesion']} of {free['cases']}" in result.stdout
+    # two evaluations side by side, as make demo prints the in-domain and shifted-domain tests
+    result = run_cli("compare", f"in-domain={tmp_path / 'eval'}", f"again={tmp_path / 'eval'}", "--out",
+                     str(tmp_path / "table.md"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = (tmp_path / "table.md").read_text().splitlines()
+    assert rows[0].startswith("| test set | cases | Dice (95% CI)") and len(rows) == 4
+    dice = summary["metrics"]["dice"]["mean"]
+    assert rows[2].startswith(f"| in-domain | {len(ids)} | {dice:.3f} (") and rows[3].startswith("| again |")
+    # an evaluation logged to the training's MLflow run under its own name (make shifted: shifted/dice)
+    from mlflow import MlflowClient
+
+    train_root = tiny_checkpoint.parents[2]
+    run_id = (train_root / "out" / "mlflow_run_id.txt").read_text().strip()
+    uri = f"sqlite:///{train_root}/mlflow.db"
+    result = run_cli("evaluate", "--datalist", str(synth_set[1]), "--predictions", str(pred), "--output",
+                     str(tmp_path / "eval_named"), "--split", "all", "--name", "shifted", "--run-id", run_id,
+                     "--tracking-uri", uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.metrics["shifted/dice"] == pytest.approx(dice)
+    assert "evaluation_shifted" in {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+
+
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: float(v) if k != "id" else v for k, v in r.items()} for r in csv.DictReader(f)]

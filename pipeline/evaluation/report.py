@@ -173,9 +173,11 @@ both masks are empty. Volumes from the label header's voxel size. NSD at {summar
 
 def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, split: str = "testing",
              dataset_dir=None, tolerance_mm: float = 2.0, run_id: str | None = None, tracking_uri: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, name: str | None = None) -> dict:
     """Score every labelled case of ``split`` that has ``PREDICTIONS/<id>.nii.gz``; write the report files.
 
+    With ``run_id`` the means go to that MLflow run as ``NAME/metric`` (``name`` defaults to the split, e.g.
+    ``testing/dice``; ``shifted/dice`` for the shifted-domain test) and the files under ``evaluation_NAME``.
     Returns the summary (also ``summary.json``), whose ``failures`` lists cases that could not be scored.
     """
     from tqdm.auto import tqdm
@@ -205,8 +207,11 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
         writer = csv.DictWriter(f, fieldnames=["id", *METRIC_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
-    summary = dict(manifest=str(manifest), predictions=str(predictions), split=split, tolerance_mm=tolerance_mm,
+    summary = dict(name=name or split, manifest=str(manifest), predictions=str(predictions), split=split,
+                   tolerance_mm=tolerance_mm,
                    cases=len(rows), metrics=summarise(rows) if rows else {},
+                   lesion_free=dict(cases=sum(r["true_ml"] == 0 for r in rows),
+                                    with_false_lesion=sum(r["true_ml"] == 0 and r["pred_ml"] > 0 for r in rows)),
                    failures=[dict(id=c, reason=m) for c, m in failures])
     write_json_atomic(summary, output / "summary.json")
     if rows:
@@ -226,7 +231,7 @@ def _log_to_mlflow(run_id: str, tracking_uri: str | None, summary: dict, output:
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     for name, stats in summary["metrics"].items():
         if stats["mean"] is not None:
-            client.log_metric(run_id, f"{summary['split']}/{name}", stats["mean"])
-    client.log_artifacts(run_id, str(output), f"evaluation_{summary['split']}")
+            client.log_metric(run_id, f"{summary['name']}/{name}", stats["mean"])
+    client.log_artifacts(run_id, str(output), f"evaluation_{summary['name']}")
     log.info("logged the evaluation to MLflow run %s", run_id)
 
