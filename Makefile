@@ -11,20 +11,28 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-SUBJECTS ?= 24
-SPACING ?= 2
+# Training data: DOMAIN random draws each subject's acquisition from what a multi-centre cohort spans
+# (pipeline/data/domains.yaml; fixed: one protocol, SPACING=2 its grid). The shifted-domain test set is drawn
+# from ranges outside the training ones, with another seed: measured beside the in-domain test split.
+SUBJECTS ?= 40
+DOMAIN ?= random
+SPACING ?=
 SEED ?= 0
 DATA_DIR ?= data/synthetic
 MANIFEST ?= data_manifests/synthetic.json
+SHIFTED_SUBJECTS ?= 16
+SHIFTED_DIR ?= data/shifted
+SHIFTED_MANIFEST ?= data_manifests/shifted.json
 TRAIN_DIR ?= outputs/train
 PRED_DIR ?= outputs/predictions
 EVAL_DIR ?= outputs/evaluation
+SHIFTED_OUT ?= outputs/shifted
 BUNDLE ?= bundles/stroke_mri_segmentation
 # MODEL: a checkpoint or bundle for `make infer`; default: the best checkpoint of the last training.
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview train cv infer evaluate bundle demo norm-study bench mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview train cv infer evaluate shifted bundle demo norm-study bench mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,11 +52,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	@touch $@
 
-data: $(MANIFEST) ## synthesise the default data set (SUBJECTS=24 at SPACING=2 mm) and its manifest
+data: $(MANIFEST) $(SHIFTED_MANIFEST) ## synthesise SUBJECTS=40 training/test subjects (DOMAIN=random) and 16 shifted-domain test subjects
 
 $(MANIFEST): | $(STAMP)
-	$(PY) -m pipeline synth --out $(DATA_DIR) --subjects $(SUBJECTS) --seed $(SEED) --spacing $(SPACING) \
-	  --manifest $(MANIFEST) --preview $(DATA_DIR)/preview.png
+	$(PY) -m pipeline synth --domain $(DOMAIN) --out $(DATA_DIR) --subjects $(SUBJECTS) --seed $(SEED) \
+	  $(if $(SPACING),--spacing $(SPACING)) --test-fraction 0.25 --manifest $(MANIFEST) --preview $(DATA_DIR)/preview.png
+
+$(SHIFTED_MANIFEST): | $(STAMP)
+	$(PY) -m pipeline synth --domain shifted --out $(SHIFTED_DIR) --subjects $(SHIFTED_SUBJECTS) \
+	  --seed $$(( $(SEED) + 1000 )) --all-testing --manifest $(SHIFTED_MANIFEST) --preview $(SHIFTED_DIR)/preview.png
 
 validate: $(MANIFEST) ## check every file of MANIFEST
 	$(PY) -m pipeline validate $(MANIFEST)
@@ -72,6 +84,14 @@ evaluate: $(MANIFEST) ## ISLES'22 metrics, plots and report.html of PRED_DIR in 
 	$(PY) -m pipeline evaluate --datalist $(MANIFEST) --predictions $(PRED_DIR) --output $(EVAL_DIR) \
 	  $${run_id:+--run-id $$run_id}
 
+shifted: $(SHIFTED_MANIFEST) ## segment and evaluate the shifted-domain test set with MODEL; metrics shifted/* in the training's MLflow run
+	@model="$${MODEL:-$(LAST_BEST)}"; run_id=$$(cat $(TRAIN_DIR)/mlflow_run_id.txt 2>/dev/null); \
+	test -n "$$model" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
+	set -x; $(PY) -m pipeline infer --model "$$model" --datalist $(SHIFTED_MANIFEST) --output $(SHIFTED_OUT)/predictions \
+	  --overwrite $(ARGS) && \
+	$(PY) -m pipeline evaluate --datalist $(SHIFTED_MANIFEST) --predictions $(SHIFTED_OUT)/predictions \
+	  --output $(SHIFTED_OUT)/evaluation --name shifted $${run_id:+--run-id $$run_id}
+
 bundle: $(STAMP) ## export the last training's best checkpoint (or FROM=outputs/cv: the fold ensemble) into BUNDLE
 	@ckpt="$${FROM:-$(LAST_BEST)}"; \
 	test -n "$$ckpt" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
@@ -79,14 +99,16 @@ bundle: $(STAMP) ## export the last training's best checkpoint (or FROM=outputs/
 
 demo: ## everything on a fresh machine: install, data, train, infer, evaluate, export and verify the bundle
 	@start=$$(date +%s); \
-	rm -rf $(TRAIN_DIR) $(PRED_DIR) $(EVAL_DIR) outputs/bundle_predictions; \
+	rm -rf $(TRAIN_DIR) $(PRED_DIR) $(EVAL_DIR) $(SHIFTED_OUT) outputs/bundle_predictions; \
 	$(MAKE) --no-print-directory install data && \
 	$(MAKE) --no-print-directory train && \
-	$(MAKE) --no-print-directory infer evaluate bundle && \
+	$(MAKE) --no-print-directory infer evaluate shifted bundle && \
 	$(PY) -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) \
 	  --datalist $(MANIFEST) --output_dir outputs/bundle_predictions --overwrite true && \
+	echo && $(PY) -m pipeline compare in-domain=$(EVAL_DIR) shifted=$(SHIFTED_OUT)/evaluation \
+	  --out outputs/domains.md && \
 	echo && echo "demo finished in $$(( $$(date +%s) - start )) s" && \
-	echo "  report:      $(EVAL_DIR)/report.html" && \
+	echo "  reports:     $(EVAL_DIR)/report.html (in-domain), $(SHIFTED_OUT)/evaluation/report.html (shifted)" && \
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
 	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
 
@@ -112,4 +134,4 @@ lint: $(STAMP) ## ruff over the package, tests and benchmarks
 	$(VENV)/bin/ruff check pipeline tests benchmarks
 
 clean: ## remove generated data, outputs and caches (keeps .venv)
-	rm -rf data outputs .pytest_cache .ruff_cache $(MANIFEST)
+	rm -rf data outputs .pytest_cache .ruff_cache $(MANIFEST) $(SHIFTED_MANIFEST)

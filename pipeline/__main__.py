@@ -18,7 +18,8 @@ def _synth(args) -> int:
     from pipeline.data.synthetic import synthesize
 
     data = synthesize(args.out, subjects=args.subjects, seed=args.seed, spacing=args.spacing,
-                      manifest=args.manifest, folds=args.folds, test_fraction=args.test_fraction)
+                      manifest=args.manifest, folds=args.folds, test_fraction=args.test_fraction, domain=args.domain,
+                      all_testing=args.all_testing)
     print(f"wrote {args.subjects} subjects to {args.out}")
     if data is not None:
         print(f"wrote manifest {args.manifest}: {len(data['training'])} training, {len(data['testing'])} testing")
@@ -123,16 +124,46 @@ def _evaluate(args) -> int:
     from pipeline.evaluation.report import evaluate
 
     summary = evaluate(args.datalist, args.predictions, args.output, split=args.split, dataset_dir=args.dataset_dir,
-                       tolerance_mm=args.tolerance_mm, run_id=args.run_id, tracking_uri=args.tracking_uri)
+                       tolerance_mm=args.tolerance_mm, run_id=args.run_id, tracking_uri=args.tracking_uri,
+                       name=args.name)
     for name in ("dice", "lesion_f1", "avd_ml", "lesion_count_diff", "hd95_mm"):
         s = summary["metrics"].get(name)
         if s and s["mean"] is not None:
             print(f"{name:>18}: mean {s['mean']:.4f}  median {s['median']:.4f}  95% CI {s['ci95'][0]:.4f}-"
                   f"{s['ci95'][1]:.4f}  (n={s['n']})")
+    free = summary["lesion_free"]
+    print(f"lesion-free cases with a false lesion: {free['with_false_lesion']} of {free['cases']}")
     print(f"report: {Path(args.output) / 'report.html'}")
     for failure in summary["failures"]:
         print(f"FAILED {failure['id']}: {failure['reason']}", file=sys.stderr)
     return EXIT_PROBLEMS if summary["failures"] else EXIT_OK
+
+
+def _reslice(args) -> int:
+    from pipeline.data.reslice import reslice_manifest
+
+    data = reslice_manifest(args.datalist, args.out, args.thickness, split=args.split)
+    print(f"wrote {len(data['testing'])} case(s) re-sliced to {args.thickness:g} mm and "
+          f"{Path(args.out) / 'manifest.json'}")
+    return EXIT_OK
+
+
+def _compare(args) -> int:
+    from pipeline.evaluation.compare import domain_table
+    from pipeline.io import atomic_path
+
+    named = {}
+    for item in args.evaluations:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {item!r}: give NAME=EVALUATION_FOLDER")
+        named[name] = folder
+    table = domain_table(named)
+    print(table, end="")
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(table)
+    return EXIT_OK
 
 
 def _export(args) -> int:
@@ -174,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the BIDS tree")
     p.add_argument("--subjects", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spacing", type=float, default=2.0, help="DWI/ADC voxel size in mm (default 2)")
+    p.add_argument("--domain", default="random", help="acquisition ranges: random (default: what a multi-centre "
+                   "cohort spans), fixed (one protocol), shifted (outside the training ranges) or a YAML file")
+    p.add_argument("--spacing", type=float, help="put DWI/ADC on an isotropic grid of this many mm (default: the "
+                   "domain's grids; fixed: 2)")
+    p.add_argument("--all-testing", action="store_true", help="every case in the manifest's testing list (a "
+                   "held-out test set)")
     p.add_argument("--manifest", help="also write a manifest (MONAI datalist JSON) here")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.2)
@@ -242,7 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="normalised surface Dice tolerance")
     p.add_argument("--run-id", help="also log metrics and files to this MLflow run")
     p.add_argument("--tracking-uri", help="MLflow store of --run-id (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--name", help="metric prefix in MLflow (default: the split, e.g. testing/dice; shifted/dice)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("reslice", help="thick-slice copies of a manifest's cases (slices averaged) and their manifest")
+    p.add_argument("--datalist", required=True, help="manifest JSON")
+    p.add_argument("--out", required=True, help="folder for the copies and manifest.json")
+    p.add_argument("--thickness", type=float, default=4.5, help="slice thickness in mm (default 4.5)")
+    p.add_argument("--split", default="testing", choices=["testing", "training"])
+    p.set_defaults(func=_reslice)
+
+    p = sub.add_parser("compare", help="evaluations side by side (e.g. the in-domain and the shifted-domain test)")
+    p.add_argument("evaluations", nargs="+", metavar="NAME=FOLDER", help="a name and an evaluate output folder")
+    p.add_argument("--out", help="also write the markdown table here")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("export", help="write a bundle's model.pt/model.ts from a checkpoint and verify the bundle")
     p.add_argument("--checkpoint", required=True, help="a .ckpt from training, or a cross-validation folder "
