@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 # Training data: DOMAIN random draws each subject's acquisition from what a multi-centre cohort spans
 # (pipeline/data/domains.yaml; fixed: one protocol, SPACING=2 its grid). The shifted-domain test set is drawn
 # from ranges outside the training ones, with another seed: measured beside the in-domain test split.
-SUBJECTS ?= 40
+SUBJECTS ?= 48
 DOMAIN ?= random
 SPACING ?=
 SEED ?= 0
@@ -52,7 +52,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	@touch $@
 
-data: $(MANIFEST) $(SHIFTED_MANIFEST) ## synthesise SUBJECTS=40 training/test subjects (DOMAIN=random) and 16 shifted-domain test subjects
+data: $(MANIFEST) $(SHIFTED_MANIFEST) ## synthesise SUBJECTS=48 training/test subjects (DOMAIN=random) and 16 shifted-domain test subjects
 
 $(MANIFEST): | $(STAMP)
 	$(PY) -m pipeline synth --domain $(DOMAIN) --out $(DATA_DIR) --subjects $(SUBJECTS) --seed $(SEED) \
