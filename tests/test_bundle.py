@@ -84,10 +84,11 @@ def _other_grids(case: dict, out):
     a = np.deg2rad(15)
     rot = np.array([[np.cos(a), -np.sin(a), 0, 3], [np.sin(a), np.cos(a), 0, -2], [0, 0, 1, 4], [0, 0, 0, 1]])
     variants["oblique"] = [(np.asanyarray(img.dataobj), rot @ img.affine) for img in imgs]
-    thick = np.diag([1.5, 1.5, 5.0, 1.0])
-    thick[:3, 3] = imgs[0].affine[:3, 3]
-    extent_mm = np.array(imgs[0].shape) * np.abs(np.diag(imgs[0].affine)[:3])
-    shape = tuple(int(n) for n in np.ceil(extent_mm / [1.5, 1.5, 5]))
+    # the same field of view and orientation (whatever the case's), 1.5 x 1.5 x 5 mm voxels
+    spacing = np.linalg.norm(imgs[0].affine[:3, :3], axis=0)
+    thick = imgs[0].affine.copy()
+    thick[:3, :3] = imgs[0].affine[:3, :3] @ np.diag(np.array([1.5, 1.5, 5.0]) / spacing)
+    shape = tuple(int(n) for n in np.ceil(np.array(imgs[0].shape[:3]) * spacing / [1.5, 1.5, 5]))
     variants["thick"] = [(np.asanyarray(resample_from_to(img, (shape, thick), order=1).dataobj), thick)
                          if i < 2 else (np.asanyarray(img.dataobj), img.affine) for i, img in enumerate(imgs)]
     cases = []

@@ -60,7 +60,9 @@ def _sample(anat: Anatomy, lesion: np.ndarray, pose: HeadPose, grid: Grid) -> di
 
     to_vox = np.linalg.inv(anat.affine)
     margin = float(anat.outside_mm.max())
+    # channels-last: grid_sample reads all maps of a point from one place (measured 2x faster than planar)
     volumes = torch.from_numpy(np.concatenate([anat.maps, margin - anat.outside_mm[None], lesion]))[None]
+    volumes = volumes.contiguous(memory_format=torch.channels_last_3d)
     channels = volumes.shape[1]
     size = torch.tensor(volumes.shape[2:], dtype=torch.float32)
     n = grid.slice_samples
@@ -247,32 +249,53 @@ def _describe(acq: Acquisition) -> dict:
                 mimics=acq.mimic.count)
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(domain: dict, seed: int, out: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one subject per core: the processes share the machine
+    _WORKER.update(anat=load_anatomy(), domain=domain, seed=seed, out=Path(out))
+
+
+def _write_subject(index: int) -> tuple[str, dict]:
+    """Synthesise subject ``index`` in a worker and write its files; returns its id and acquisition."""
+    from pipeline.io import save_nifti_atomic
+
+    subject = f"sub-strokecase{index + 1:04d}"
+    case = synthesize_subject(_WORKER["anat"], index, _WORKER["seed"], domain=_WORKER["domain"])
+    for key, rel in isles22_paths(subject).items():
+        save_nifti_atomic(case[key], _WORKER["out"] / rel)
+    return subject, _describe(case["acquisition"])
+
+
 def synthesize(out: str | Path, subjects: int = 24, seed: int = 0, spacing: float | None = None,
                manifest: str | Path | None = None, folds: int = 5, test_fraction: float = 0.2,
-               progress: bool = True, domain: str | Path = "random", all_testing: bool = False) -> dict | None:
+               progress: bool = True, domain: str | Path = "random", all_testing: bool = False,
+               workers: int | None = None) -> dict | None:
     """Write ``subjects`` synthetic cases as an ISLES'22 tree under ``out``; optionally its manifest.
 
     ``domain`` names the acquisition ranges (see :mod:`pipeline.data.acquisition`). Returns the manifest dict
     when ``manifest`` is given (built by the same importer as real data); ``all_testing`` puts every case in
-    its ``testing`` list (a held-out test set).
+    its ``testing`` list (a held-out test set). Subjects are made in ``workers`` processes (default: one per
+    core, at most 4); each subject depends on (seed, index) only, so the files are the same whatever the count.
     """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     from pipeline.data.manifest import build_manifest, write_manifest
-    from pipeline.io import save_nifti_atomic, write_json_atomic
+    from pipeline.io import write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    anat = load_anatomy()
     ranges = load_domain(domain, spacing)
-    described = {}
-    for i in tqdm(range(subjects), desc=f"synthesising ({Path(str(domain)).stem})", unit="subject",
-                  disable=not progress):
-        subject = f"sub-strokecase{i + 1:04d}"
-        case = synthesize_subject(anat, i, seed, domain=ranges)
-        for key, rel in isles22_paths(subject).items():
-            save_nifti_atomic(case[key], out / rel)
-        described[subject] = _describe(case["acquisition"])
+    workers = workers or max(1, min(4, os.cpu_count() or 1, subjects))
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(ranges, seed, str(out))) as pool:
+        described = dict(tqdm(pool.map(_write_subject, range(subjects)), total=subjects, unit="subject",
+                              desc=f"synthesising ({Path(str(domain)).stem})", disable=not progress))
     write_json_atomic(described, out / "acquisitions.json")
     write_json_atomic({"Name": "Synthetic ISLES'22-like stroke MRI on ICBM152 anatomy", "BIDSVersion": "1.7.0",
                        "DatasetType": "raw", "GeneratedBy": [{"Name": "pipeline.data.synthetic", "seed": seed,

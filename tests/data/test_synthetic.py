@@ -79,3 +79,16 @@ def test_tree_written_in_the_isles22_release_layout(synth_set):
     for rel in isles22_paths("sub-strokecase0001").values():
         assert (data_dir / rel).is_file(), rel
     assert (data_dir / "sub-strokecase0001/ses-0001/anat/sub-strokecase0001_ses-0001_FLAIR.nii.gz").is_file()
+
+
+def test_the_same_files_whatever_the_number_of_worker_processes(tmp_path):
+    import gzip
+
+    from pipeline.data.synthetic import synthesize
+
+    for workers in (1, 2):
+        synthesize(tmp_path / f"w{workers}", subjects=2, seed=4, spacing=5.0, workers=workers, progress=False)
+    files = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").rglob("*.nii.gz"))
+    assert len(files) == 8
+    for rel in files:
+        assert gzip.open(tmp_path / "w1" / rel).read() == gzip.open(tmp_path / "w2" / rel).read(), rel
