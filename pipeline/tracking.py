@@ -17,9 +17,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["resolve_tracking_uri", "mlflow_logger", "describe_run", "log_figure", "log_run_context", "log_checkpoint",
-           "RUN_ID_FILE",
-           "server_unreachable", "sync_runs", "experiment_id"]
+__all__ = ["client", "resolve_tracking_uri", "mlflow_logger", "describe_run", "log_figure", "log_run_context",
+           "log_checkpoint", "RUN_ID_FILE", "server_unreachable", "sync_runs", "experiment_id"]
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id.txt"
@@ -29,6 +28,13 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """The config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def client(tracking_uri: str | None = None):
+    """An MLflow client of the store :func:`resolve_tracking_uri` gives (the only place clients are made)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(resolve_tracking_uri(tracking_uri))
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -112,11 +118,11 @@ def experiment_id(client, name: str, uri: str) -> str:
 @rank_zero_only
 def log_figure(logger, fig, artifact_file: str) -> None:
     """Attach a matplotlib figure to the logger's MLflow run (no-op for other loggers); closes it."""
-    import matplotlib.pyplot as plt
+    from pipeline.figures import pyplot
 
     if isinstance(logger, MLFlowLogger):
         logger.experiment.log_figure(logger.run_id, fig, artifact_file)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def _git_commit() -> str:
@@ -186,10 +192,9 @@ def sync_runs(source: str, target: str, experiment_name: str | None = None) -> l
     histories and artifacts; returns the new run ids. Runs copied before (tag ``synced_from``) are skipped."""
     import tempfile
 
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
-    src, dst = MlflowClient(source), MlflowClient(target)
+    src, dst = client(source), client(target)
     copied = []
     for exp in src.search_experiments():
         if experiment_name and exp.name != experiment_name:

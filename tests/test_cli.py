@@ -7,7 +7,7 @@ HEAVY = ("torch", "monai", "lightning", "mlflow", "nilearn", "matplotlib")
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys; from pipeline.__main__ import build_parser; build_parser().format_help(); "
+    code = ("import sys; from pipeline.cli import build_parser; build_parser().format_help(); "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,47 +1,65 @@
-"""Loading with checks: every problem with a case's files becomes one InputError naming the case and file.
+"""One rule set for a case's files, used by ``python -m pipeline validate``, training and inference alike.
 
-Used by the deterministic transform chain, so training, inference, evaluation and bundles all refuse bad
-files the same way (``python -m pipeline validate`` reports the same problems for a whole manifest).
+Every file is loaded with MONAI's ``LoadImage`` (nibabel) and checked by :class:`CaseRules`:
+:class:`LoadCheckedd` (the first step of every transform chain) raises the first problem as an InputError
+naming the case and the file; :func:`validate_manifest` collects every problem of a manifest, one per file,
+so a file that validation passes is one that training and inference accept, and the other way round.
 
 Example:
-    >>> load = LoadCheckedd(["image_0", "image_1"], label_key="label", spatial_dims=3)  # doctest: +SKIP
+    >>> problems = validate_manifest("data_manifests/synthetic.json")  # doctest: +SKIP
+    >>> [str(p) for p in problems if p.severity == "error"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import os
+import zlib
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import LoadImage, MapTransform
 
-from pipeline.data.validation import AFFINE_ATOL_MM
+from pipeline.data.manifest import load_manifest
 from pipeline.errors import InputError
 
-__all__ = ["LoadCheckedd"]
+__all__ = ["AFFINE_ATOL_MM", "Problem", "CaseRules", "LoadCheckedd", "check_case", "validate_manifest",
+           "read_volume", "same_grid"]
+
+AFFINE_ATOL_MM = 1e-3  # header round-off between files of one grid stays far below this
 
 
-class LoadCheckedd(MapTransform):
-    """Load channel files and a label with nibabel (channel-first MetaTensors) and check them.
+@dataclass(frozen=True)
+class Problem:
+    """One finding: ``severity`` is "error" or "warning"."""
+
+    severity: str
+    case: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()}: {self.case}: {self.path}: {self.message}"
+
+
+class CaseRules:
+    """Load a case's files and check them; every method raises InputError with the case and the file.
 
     Args:
-        keys: the channel keys, each holding one file path; the first is the reference grid.
-        label_key: the label's key, or None (inference).
         spatial_dims: 3 refuses single-slice images (they need a 2D model).
-        volume_index: which volume of a 4D image to take (e.g. -1: the last b-value of a DWI series);
-            None refuses 4D images.
+        volume_index: which volume of a 4D image to take (e.g. -1: the last b-value); None refuses 4D images.
         label_threshold: binarise a probabilistic label at this value; None refuses non-binary labels.
     """
 
-    def __init__(self, keys, label_key: str | None = "label", spatial_dims: int = 3, volume_index: int | None = None,
-                 label_threshold: float | None = None):
-        super().__init__(keys)
-        self.label_key, self.spatial_dims = label_key, spatial_dims
-        self.volume_index, self.label_threshold = volume_index, label_threshold
+    def __init__(self, spatial_dims: int = 3, volume_index: int | None = None, label_threshold: float | None = None):
+        self.spatial_dims, self.volume_index, self.label_threshold = spatial_dims, volume_index, label_threshold
         self.loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True,
                                 dtype=np.float32)
 
-    def _load(self, path, case: str):
+    def load(self, path, case: str):
         if not Path(path).is_file():
             raise InputError("missing file", case=case, path=str(path))
         try:
@@ -51,7 +69,8 @@ class LoadCheckedd(MapTransform):
             raise InputError(f"unreadable, truncated or not a NIfTI file ({reason})", case=case, path=str(path)) \
                 from None
 
-    def _check_image(self, img, case: str, path):
+    def image(self, img, case: str, path):
+        """The checked image (one volume of a 4D file when ``volume_index`` says which)."""
         fail = lambda msg: InputError(msg, case=case, path=str(path))  # noqa: E731
         if img.dim() == 3:
             raise fail(f"2D image {tuple(img.shape[1:])}: the pipeline reads 3D volumes (a 2D model "
@@ -75,7 +94,8 @@ class LoadCheckedd(MapTransform):
             raise fail("image is all zero")
         return img
 
-    def _check_label(self, label, reference, case: str, path):
+    def label(self, label, reference, case: str, path):
+        """The checked label on ``reference``'s grid (binarised at ``label_threshold`` when set)."""
         fail = lambda msg: InputError(msg, case=case, path=str(path))  # noqa: E731
         if label.dim() == 4 and label.shape[0] > 1:
             raise fail(f"label has {label.shape[0]} volumes; expected one")
@@ -94,12 +114,101 @@ class LoadCheckedd(MapTransform):
             raise fail(f"label is not binary: values {{{shown}}}; set label_threshold to binarise probabilities")
         return label
 
+
+class LoadCheckedd(MapTransform):
+    """Load channel files and a label (channel-first MetaTensors) and check them with :class:`CaseRules`.
+
+    Args:
+        keys: the channel keys, each holding one file path; the first is the reference grid.
+        label_key: the label's key, or None (inference).
+        spatial_dims, volume_index, label_threshold: as :class:`CaseRules`.
+    """
+
+    def __init__(self, keys, label_key: str | None = "label", spatial_dims: int = 3, volume_index: int | None = None,
+                 label_threshold: float | None = None):
+        super().__init__(keys)
+        self.label_key = label_key
+        self.rules = CaseRules(spatial_dims, volume_index, label_threshold)
+
     def __call__(self, data):
         d = dict(data)
         case = str(d.get("id", "?"))
         for key in self.keys:
-            d[key] = self._check_image(self._load(d[key], case), case, d[key])
+            d[key] = self.rules.image(self.rules.load(d[key], case), case, d[key])
         if self.label_key and self.label_key in d:
             path = d[self.label_key]
-            d[self.label_key] = self._check_label(self._load(path, case), d[self.keys[0]], case, path)
+            d[self.label_key] = self.rules.label(self.rules.load(path, case), d[self.keys[0]], case, path)
         return d
+
+
+def check_case(case: dict, rules: CaseRules) -> list[Problem]:
+    """Every file's first problem (errors), and channels on another grid than the first (warnings)."""
+    cid, found, first = str(case["id"]), [], None
+    for i, path in enumerate(case["image"]):
+        try:
+            img = rules.image(rules.load(path, cid), cid, path)
+        except InputError as err:
+            found.append(Problem("error", cid, str(path), err.reason))
+            continue
+        if i == 0:
+            first = img
+        elif first is not None and (img.shape[1:] != first.shape[1:]
+                                    or float((img.affine - first.affine).abs().max()) > AFFINE_ATOL_MM):
+            found.append(Problem("warning", cid, str(path), f"on another grid than {Path(case['image'][0]).name} "
+                                 f"(shape {tuple(img.shape[1:])} vs {tuple(first.shape[1:])}); it will be "
+                                 "resampled onto it"))
+    if case.get("label") and first is not None:
+        try:
+            rules.label(rules.load(case["label"], cid), first, cid, case["label"])
+        except InputError as err:
+            found.append(Problem("error", cid, str(case["label"]), err.reason))
+    elif case.get("label") and not Path(case["label"]).is_file():
+        found.append(Problem("error", cid, str(case["label"]), "missing file"))
+    return found
+
+
+def validate_manifest(path: str | Path, dataset_dir: str | Path | None = None, progress: bool = True,
+                      workers: int | None = None, splits: tuple[str, ...] = ("training", "testing"),
+                      spatial_dims: int = 3, volume_index: int | None = None,
+                      label_threshold: float | None = None) -> list[Problem]:
+    """Open every file of the manifest's ``splits`` and return every problem found (errors and warnings),
+    with the rules training and inference apply (``spatial_dims``, ``volume_index``, ``label_threshold``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    data = load_manifest(path, dataset_dir)
+    cases = [c for split in splits for c in data.get(split, [])]
+    problems = [Problem("error", cid, str(path), f"duplicate case id ({n} cases)")
+                for cid, n in Counter(str(c["id"]) for c in cases).items() if n > 1]
+    for c in data.get("training", []) if "training" in splits else []:
+        if not c.get("label"):
+            problems.append(Problem("error", str(c["id"]), str(path), "training case has no 'label'"))
+    rules = CaseRules(spatial_dims, volume_index, label_threshold)
+    with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:  # zlib and numpy release the GIL
+        for found in tqdm(pool.map(lambda c: check_case(c, rules), cases), total=len(cases), desc="validating",
+                          unit="case", disable=not progress):
+            problems.extend(found)
+    return problems
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read a NIfTI file fully (masks, for evaluation); raise ValueError with a plain reason when it is missing
+    or damaged."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError("missing file")
+    try:
+        img = nib.load(path)
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for foreign files
+        raise ValueError(f"unreadable, not a NIfTI file ({type(err).__name__}: {err})") from None
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, OSError, ValueError) as err:
+        raise ValueError(f"truncated or corrupt data ({type(err).__name__}: {err})") from None
+    return data, img
+
+
+def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
+    """Whether two images share shape (first three axes) and affine (to ``AFFINE_ATOL_MM``, as training checks)."""
+    return a.shape[:3] == b.shape[:3] and float(np.abs(a.affine - b.affine).max()) <= AFFINE_ATOL_MM

@@ -41,7 +41,8 @@ def split_cases(cases: list[dict], val_fold: int | None, val_fraction: float = 0
         val = cases[::step]
         train = [c for c in cases if c not in val]
     if not train or not val:
-        raise ConfigError(f"fold {val_fold} leaves {len(train)} training and {len(val)} validation cases")
+        raise ConfigError(f"fold {val_fold} leaves {len(train)} training and {len(val)} validation case(s): "
+                          "synthesise or add more cases, or choose another --val_fold")
     return train, val
 
 
@@ -100,7 +101,8 @@ class StrokeDataModule(pl.LightningDataModule):
         seed: with the epoch and the case index, seeds each training sample's augmentation.
         validate: open every training file first and refuse to start when any fails.
         skip_bad_cases: leave failing cases out instead (their ids go to the MLflow tag ``skipped_cases``).
-        volume_index, label_threshold: as the transforms use them (4D images, probabilistic labels).
+        spatial_dims, volume_index, label_threshold: as the transforms use them (single-slice images, 4D images,
+            probabilistic labels), so that training refuses exactly what ``validate`` reports.
         num_folds: merge the manifest's folds into this many (``fold % num_folds``); None keeps them.
     """
 
@@ -108,7 +110,8 @@ class StrokeDataModule(pl.LightningDataModule):
                  dataset_dir: str | None = None, val_fold: int | None = 0, cache: str = "memory",
                  cache_dir: str | None = None, batch_size: int = 2, num_workers: int = 0, seed: int = 0,
                  exclude: list[str] | None = None, validate: bool = True, skip_bad_cases: bool = False,
-                 volume_index: int | None = None, label_threshold: float | None = None, num_folds: int | None = None):
+                 volume_index: int | None = None, label_threshold: float | None = None, num_folds: int | None = None,
+                 spatial_dims: int = 3):
         super().__init__()
         if cache not in CACHES:
             raise ConfigError(f"cache must be one of {CACHES}, not {cache!r}")
@@ -118,7 +121,7 @@ class StrokeDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.exclude = set(exclude or [])
         self.validate, self.skip_bad_cases = validate, skip_bad_cases
-        self.volume_index, self.label_threshold = volume_index, label_threshold
+        self.volume_index, self.label_threshold, self.spatial_dims = volume_index, label_threshold, spatial_dims
         self.skipped: list[str] = []
         self.num_folds = num_folds
         self.train_ds = self.val_ds = None
@@ -133,10 +136,11 @@ class StrokeDataModule(pl.LightningDataModule):
 
     def _gate(self) -> None:
         """Refuse to train on training cases that fail validation, or leave them out with ``skip_bad_cases``."""
-        from pipeline.data.validation import validate_manifest
+        from pipeline.data.checks import validate_manifest
 
         errors = [p for p in validate_manifest(self.datalist, self.dataset_dir, splits=("training",),
-                                               volume_index=self.volume_index, label_threshold=self.label_threshold)
+                                               spatial_dims=self.spatial_dims, volume_index=self.volume_index,
+                                               label_threshold=self.label_threshold)
                   if p.severity == "error"]
         bad = sorted({p.case for p in errors})
         if bad and not self.skip_bad_cases:

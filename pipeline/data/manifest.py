@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 
-__all__ = ["LAYOUTS", "build_manifest", "write_manifest", "load_manifest", "stratified_split"]
+__all__ = ["LAYOUTS", "build_manifest", "write_manifest", "load_manifest", "select_cases", "stratified_split"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ def stratified_split(volumes: np.ndarray, folds: int, test_fraction: float, seed
                 is_test[rng.choice(block)] = True
     fold = np.full(len(volumes), -1)
     rest = order[~is_test[order]]
+    if 0 < len(rest) < folds:  # every fold needs a validation case
+        log.warning("only %d training case(s): %d fold(s) instead of %d", len(rest), len(rest), folds)
+        folds = len(rest)
     for start in range(0, len(rest), folds):
         block = rest[start:start + folds]
         fold[block] = rng.permutation(folds)[: len(block)]
@@ -114,6 +117,7 @@ def build_manifest(root: str | Path, layout: str = "isles22", folds: int = 5, te
     labelled = [c for c in cases if c["label"] is not None]
     volumes = np.array([_lesion_ml(c["label"]) for c in tqdm(labelled, desc="reading masks", disable=not progress)])
     is_test, fold = stratified_split(volumes, folds, test_fraction, seed)
+    folds = int(fold.max()) + 1 if (fold >= 0).any() else folds
 
     def entry(case, **extra):
         out = dict(id=case["id"], image=[p.relative_to(root).as_posix() for p in case["image"]])
@@ -193,3 +197,11 @@ def load_manifest(path: str | Path, dataset_dir: str | Path | None = None) -> di
             cases.append(case)
         out[key] = cases
     return out
+
+
+def select_cases(manifest: str | Path, split: str = "testing", dataset_dir=None) -> list[dict]:
+    """Cases of ``testing``, ``training`` or ``all``, with absolute paths."""
+    data = load_manifest(manifest, dataset_dir)
+    if split not in ("testing", "training", "all"):
+        raise InputError(f"split must be testing, training or all, not {split!r}", path=str(manifest))
+    return (data.get("training", []) + data.get("testing", [])) if split == "all" else data.get(split, [])

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.data.manifest import load_manifest
 
-__all__ = ["preview_manifest", "axial_slice"]
+__all__ = ["preview_manifest"]
 
 
 def _on_first_grid(paths: list[str]) -> tuple[list[np.ndarray], nib.Nifti1Image]:
@@ -26,22 +26,11 @@ def _on_first_grid(paths: list[str]) -> tuple[list[np.ndarray], nib.Nifti1Image]
     return vols, ref
 
 
-def axial_slice(mask: np.ndarray | None, shape) -> int:
-    """The axial slice with the most lesion voxels, else the middle one."""
-    if mask is not None and mask.any():
-        return int(np.argmax(mask.reshape(-1, shape[2]).sum(0)))
-    return shape[2] // 2
-
-
 def preview_manifest(manifest: str | Path, out: str | Path, cases: int = 4, dataset_dir=None) -> Path:
     """Write a PNG montage of up to ``cases`` cases (those with a lesion first) of a manifest."""
-    import matplotlib
+    from pipeline.figures import lesion_slice, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.io import atomic_path
-
+    plt = pyplot()
     data = load_manifest(manifest, dataset_dir)
     entries = data.get("training", []) + data.get("testing", [])
     entries = sorted(entries, key=lambda c: -(c.get("lesion_ml") or 0))[:cases] if entries else []
@@ -52,7 +41,7 @@ def preview_manifest(manifest: str | Path, out: str | Path, cases: int = 4, data
         paths = case["image"] + ([case["label"]] if case.get("label") else [])
         vols, ref = _on_first_grid(paths)
         mask = vols[-1] > 0.5 if case.get("label") else None
-        z = axial_slice(mask, ref.shape)
+        z = lesion_slice(mask) if mask is not None else ref.shape[2] // 2
         for ax, vol, name in zip(row, vols, channels, strict=False):
             sl = np.rot90(vol[:, :, z])
             ax.imshow(sl, cmap="gray", vmin=0, vmax=np.percentile(vol[vol > 0], 99.5) if (vol > 0).any() else 1)
@@ -69,7 +58,4 @@ def preview_manifest(manifest: str | Path, out: str | Path, cases: int = 4, data
             a.set_yticks([])
     fig.suptitle(f"{Path(manifest).name}: axial slices through the largest lesion (RAS, anterior up)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out, dpi=110)

@@ -17,10 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.data.validation import read_volume, same_grid
+from pipeline.data.checks import read_volume, same_grid
 from pipeline.errors import InputError, describe_error
 from pipeline.evaluation.metrics import METRIC_COLUMNS, case_metrics
-from pipeline.evaluation.plots import draw_overlay
+from pipeline.evaluation.plots import ras_slice, report_figures
 from pipeline.io import atomic_path, write_json_atomic
 
 __all__ = ["evaluate", "summarise", "bootstrap_ci"]
@@ -29,13 +29,16 @@ log = logging.getLogger(__name__)
 
 
 def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean."""
+    """95% percentile-bootstrap interval of the mean (``scipy.stats.bootstrap``); the value itself for one case."""
+    from scipy.stats import bootstrap
+
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(n, len(values)), replace=True).mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    if len(values) == 1 or np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    ci = bootstrap((values,), np.mean, n_resamples=n, method="percentile", random_state=seed).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -70,76 +73,7 @@ def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float) -> tuple[
     truth, pred = np.squeeze(truth) > 0.5, np.squeeze(pred) > 0.5
     row = dict(id=cid, **case_metrics(pred, truth, spacing, tolerance_mm))
     image = np.squeeze(np.asanyarray(nib.load(case["image"][0]).dataobj)).astype(np.float32)
-    return row, _slice(image, truth, pred, truth_img.affine)
-
-
-def _slice(image, truth, pred, affine):
-    """The axial slice with the most truth (else prediction) in RAS display orientation."""
-    ornt = nib.orientations.io_orientation(affine)
-    to_ras = lambda a: nib.orientations.apply_orientation(a, ornt)  # noqa: E731
-    image, truth, pred = to_ras(image), to_ras(truth), to_ras(pred)
-    weight = truth.sum((0, 1)) if truth.any() else pred.sum((0, 1))
-    z = int(np.argmax(weight)) if weight.max() > 0 else truth.shape[2] // 2
-    return image[:, :, z], truth[:, :, z], pred[:, :, z]
-
-
-def _figures(rows: list[dict], slices: dict, out: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = {}
-    rng = np.random.default_rng(0)
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
-    for ax, col in zip(axes, ("dice", "lesion_f1"), strict=True):
-        v = np.array([r[col] for r in rows], float)
-        ax.boxplot(v[np.isfinite(v)], widths=0.5, showfliers=False)
-        ax.scatter(1 + rng.uniform(-0.12, 0.12, len(v)), v, s=14, alpha=0.7, color="tab:blue", zorder=3)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xticks([1], [col])
-        ax.set_title(f"{col}: median {np.nanmedian(v):.3f} (n={len(v)})", fontsize=9)
-    fig.suptitle("Per-case scores (one dot per case)", fontsize=10)
-    fig.tight_layout()
-    files["scores"] = _save(fig, out / "per_case_scores.png")
-
-    true_ml = np.array([r["true_ml"] for r in rows])
-    pred_ml = np.array([r["pred_ml"] for r in rows])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.8))
-    top = max(true_ml.max(initial=0), pred_ml.max(initial=0)) * 1.05 + 1e-3
-    a1.plot([0, top], [0, top], "k--", lw=0.8)
-    a1.scatter(true_ml, pred_ml, s=16)
-    a1.set(xlabel="true lesion volume (mL)", ylabel="predicted volume (mL)", title="Predicted vs true volume")
-    mean, diff = (true_ml + pred_ml) / 2, pred_ml - true_ml
-    bias, sd = float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
-    a2.scatter(mean, diff, s=16)
-    for y, style in ((bias, "-"), (bias + 1.96 * sd, "--"), (bias - 1.96 * sd, "--")):
-        a2.axhline(y, color="tab:red", ls=style, lw=0.8)
-    a2.set(xlabel="mean of true and predicted (mL)", ylabel="predicted - true (mL)",
-           title=f"Bland-Altman: bias {bias:.2f} mL, limits ±{1.96 * sd:.2f}")
-    for a in (a1, a2):
-        a.title.set_fontsize(9)
-    fig.tight_layout()
-    files["volumes"] = _save(fig, out / "volumes.png")
-
-    order = sorted(rows, key=lambda r: r["dice"])
-    picks = order[-3:][::-1] + order[:3] if len(order) > 6 else order[::-1]
-    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 3.0), squeeze=False)
-    for ax, r in zip(axes[0], picks, strict=True):
-        draw_overlay(ax, *slices[r["id"]], title=f"{r['id']}\nDice {r['dice']:.2f}")
-    fig.suptitle("Best (left) and worst (right) cases: truth green, prediction red", fontsize=10)
-    fig.tight_layout()
-    files["overlays"] = _save(fig, out / "best_worst_cases.png")
-    return files
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return row, ras_slice(image, truth, pred, truth_img.affine)
 
 
 def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: str) -> str:
@@ -182,7 +116,7 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
     """
     from tqdm.auto import tqdm
 
-    from pipeline.batch_inference import select_cases
+    from pipeline.data.manifest import select_cases
 
     predictions, output = Path(predictions), Path(output)
     cases = [c for c in select_cases(manifest, split, dataset_dir) if c.get("label")]
@@ -215,7 +149,7 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
                    failures=[dict(id=c, reason=m) for c, m in failures])
     write_json_atomic(summary, output / "summary.json")
     if rows:
-        files = _figures(rows, slices, output)
+        files = report_figures(rows, slices, output)
         with atomic_path(output / "report.html") as tmp:
             tmp.write_text(_html(summary, rows, files, failures, f"Lesion segmentation report: {Path(manifest).name}"))
     if run_id:
@@ -224,11 +158,9 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
 
 
 def _log_to_mlflow(run_id: str, tracking_uri: str | None, summary: dict, output: Path) -> None:
-    from mlflow import MlflowClient
+    from pipeline.tracking import client as mlflow_client
 
-    from pipeline.tracking import resolve_tracking_uri
-
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = mlflow_client(tracking_uri)
     for name, stats in summary["metrics"].items():
         if stats["mean"] is not None:
             client.log_metric(run_id, f"{summary['name']}/{name}", stats["mean"])

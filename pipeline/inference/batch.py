@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.manifest import load_manifest
+from pipeline.data.manifest import select_cases
 from pipeline.errors import InputError, describe_error
-from pipeline.inference import Predictor, like_reference
+from pipeline.inference.grid import like_reference
+from pipeline.inference.predictor import Predictor
 from pipeline.io import atomic_path, save_nifti_atomic
 
-__all__ = ["segment_datalist", "segment_cases", "BatchReport", "select_cases", "check_output_dir"]
+__all__ = ["segment_datalist", "segment_cases", "BatchReport", "check_output_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,6 @@ class BatchReport:
     skipped: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     volumes: list[dict] = field(default_factory=list)
-
-
-def select_cases(manifest: str | Path, split: str = "testing", dataset_dir=None) -> list[dict]:
-    """Cases of ``testing``, ``training`` or ``all``."""
-    data = load_manifest(manifest, dataset_dir)
-    if split not in ("testing", "training", "all"):
-        raise InputError(f"split must be testing, training or all, not {split!r}", path=str(manifest))
-    return (data.get("training", []) + data.get("testing", [])) if split == "all" else data.get(split, [])
 
 
 def check_output_dir(output: Path, cases: list[dict]) -> None:

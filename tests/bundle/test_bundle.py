@@ -51,7 +51,7 @@ def test_export_fills_models_bumps_version_and_logs_to_mlflow(exported, tiny_che
 
 
 def test_torchscript_loads_and_matches_the_state_dict(exported):
-    from pipeline.bundle import load_bundle
+    from pipeline.inference.loading import load_bundle
 
     network, settings = load_bundle(exported)
     scripted = torch.jit.load(str(exported / "models" / "model.ts"))
@@ -140,7 +140,7 @@ def test_config_workflow_train_with_overrides(synth_set, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     from conftest import tiny_overrides
-    from pipeline.experiment import parse_overrides
+    from pipeline.training.experiment import parse_overrides
 
     overrides = parse_overrides(tiny_overrides(synth_set[1], tmp_path / "out", f"sqlite:///{tmp_path}/m.db", epochs=1))
     wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.yaml"), workflow_type=None, **overrides)
@@ -158,3 +158,19 @@ def test_bundle_run_exits_non_zero_when_a_case_fails(exported, tmp_path):
                           "--output_dir", str(tmp_path / "o"))
     assert result.returncode != 0 and "bad" in result.stderr
     assert not (tmp_path / "o" / "bad.nii.gz").exists()
+
+
+def test_bundle_settings_are_overridden_from_the_command_line(exported, synth_set, tmp_path):
+    """`--settings#NAME VALUE` reaches the one settings block: threshold 0 paints the head, a minimum lesion
+    size no lesion reaches empties the mask again."""
+    case = load_manifest(synth_set[1])["training"][0]
+    (tmp_path / "cases.json").write_text(json.dumps({"testing": [case]}))
+    painted = []
+    for min_ml in ("0.0", "1e9"):
+        out = tmp_path / min_ml
+        result = monai_bundle("run", "--config_file", str(exported / "configs" / "inference.yaml"), "--bundle_root",
+                              str(exported), "--datalist", str(tmp_path / "cases.json"), "--output_dir", str(out),
+                              "--settings#threshold", "0.0", "--settings#min_lesion_ml", min_ml)
+        assert result.returncode == 0, result.stderr[-3000:]
+        painted.append(int(np.asarray(nib.load(out / f"{case['id']}.nii.gz").dataobj).sum()))
+    assert painted[0] > 1000 and painted[1] == 0

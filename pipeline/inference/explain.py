@@ -91,19 +91,74 @@ def _place(window_map: torch.Tensor, centre, half, shape) -> np.ndarray:
     return whole
 
 
+def _window(volume: torch.Tensor, target: np.ndarray, centre, size, network, spatial_dims: int, cid: str):
+    """The network-sized input window centred on the lesion (mirrored where it leaves the volume) and the
+    explained region within the network's output window."""
+    from pipeline.inference.overlap_tile import mirror_pad
+
+    half = [n // 2 for n in size]
+    after = [n - h for n, h in zip(size, half, strict=True)]
+    window = (slice(None), slice(None), *[slice(c, c + n) for c, n in zip(centre, size, strict=True)])
+    x = mirror_pad(volume, half, after)[window]
+    t = torch.nn.functional.pad(torch.as_tensor(target, dtype=torch.float32)[None, None],
+                                [w for h, a in zip(half[::-1], after[::-1], strict=True) for w in (h, a)])[window]
+    if spatial_dims == 2:
+        x, t = x[..., 0], t[..., 0]
+    out_size = network.output_size(x.shape[2:]) if hasattr(network, "output_size") else list(x.shape[2:])
+    if list(out_size) != list(x.shape[2:]):
+        from pipeline.models.classic_unet import centre_crop
+
+        t = centre_crop(t, out_size)
+    if not t.any():
+        raise InputError("the explained region falls outside the network's output window", case=cid)
+    return x, t, half
+
+
+def _choose_layer(network, x: torch.Tensor, layer: str | None) -> str:
+    if layer is None:
+        # the second-to-last decoder activation (MONAI's U-Net: the up-sampled features of the finest level).
+        # On a synthetic test case it put 28% of the map within 4 voxels of the lesion (0.3% of the volume);
+        # the last one, inside the output's residual unit, put 0% there.
+        found = feature_layers(network, x)
+        return found[-2] if len(found) > 1 else found[-1]
+    if not layer or layer not in dict(network.named_modules()):
+        raise ConfigError(f"--layer {layer!r} is not a layer of this network; for example: "
+                          + ", ".join(feature_layers(network, x)[-4:]))
+    return layer
+
+
+def _maps(network, x, t, layer: str, head: str, occlusion_size: int, occlusion_overlap: float) -> dict:
+    """Grad-CAM and occlusion importance over the window (tensors of the window's spatial shape)."""
+    from monai.visualize import GradCAM, OcclusionSensitivity
+
+    score = RegionScore(network, t.to(x.device)).eval()
+    lesion_class = 1 if head == "softmax" else 0
+    # MONAI's default post-processing maps (min, max) to (1, 0), i.e. flips the map: scale by the peak instead
+    cam = GradCAM(nn_module=score, target_layers=f"network.{layer}", postprocessing=_scale_to_peak)(
+        x, class_idx=lesion_class)
+    occlusion = OcclusionSensitivity(nn_module=score, mask_size=occlusion_size, n_batch=4, overlap=occlusion_overlap,
+                                     verbose=True, activate=torch.sigmoid if head == "sigmoid" else True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # inside MONAI 1.6's occlusion code
+        full = torch.softmax(score(x), 1)[0, 1] if head == "softmax" else torch.sigmoid(score(x))[0, 0]
+        occ_map, _ = occlusion(x)
+    importance = (full - occ_map[0, lesion_class]).clamp(min=0)  # (B, classes, *spatial) in MONAI 1.6
+    return {"gradcam": cam[0, 0], "occlusion": importance}
+
+
 def explain_case(model: str | Path, case: dict, output_dir: str | Path, layer: str | None = None,
                  occlusion_size: int = 16, occlusion_overlap: float = 0.5, device: str = "cpu") -> dict:
     """Write ``<id>_gradcam.nii.gz``, ``<id>_occlusion.nii.gz`` (on the case's grid) and ``<id>_explain.png``;
     returns their paths and what was explained."""
-    from monai.visualize import GradCAM, OcclusionSensitivity
+    import nibabel as nib
 
-    from pipeline.inference import Predictor, lesion_probability, like_reference, to_grid
+    from pipeline.inference.grid import like_reference, to_grid
+    from pipeline.inference.predictor import Predictor, lesion_probability
     from pipeline.io import save_nifti_atomic
-    from pipeline.overlap_tile import mirror_pad
 
     predictor = Predictor.from_path(model, device=device, runtime="torch")
     s, network = predictor.settings, predictor.network
-    if s.spatial_dims != 3 and s.spatial_dims != 2:
+    if s.spatial_dims not in (2, 3):
         raise ConfigError(f"cannot explain a {s.spatial_dims}D network")
     cid = str(case.get("id", "case"))
     image = predictor.preprocess(dict(case))["image"]
@@ -113,55 +168,15 @@ def explain_case(model: str | Path, case: dict, output_dir: str | Path, layer: s
     target, what = _target(prob[0, 0].cpu().numpy(), s.threshold)
     centre = [int(round(c)) for c in np.argwhere(target).mean(0)]
     size = list(s.roi_size) if s.spatial_dims == 3 else [*s.roi_size, 1]
-    half = [n // 2 for n in size]
-    after = [n - h for n, h in zip(size, half, strict=True)]
-    window = (slice(None), slice(None), *[slice(c, c + n) for c, n in zip(centre, size, strict=True)])
-    x = mirror_pad(volume, half, after)[window]  # centred on the lesion; mirrored where it leaves the volume
-    t = torch.nn.functional.pad(torch.as_tensor(target, dtype=torch.float32)[None, None],
-                                [w for h, a in zip(half[::-1], after[::-1], strict=True) for w in (h, a)])[window]
-    if s.spatial_dims == 2:
-        x, t = x[..., 0], t[..., 0]
-    out_size = network.output_size(x.shape[2:]) if hasattr(network, "output_size") else list(x.shape[2:])
-    if list(out_size) != list(x.shape[2:]):
-        from pipeline.models.classic_unet import centre_crop
-
-        t = centre_crop(t, out_size)
-    if not t.any():
-        raise InputError("the explained region falls outside the network's output window", case=cid)
-    modules = dict(network.named_modules())
-    if layer is None:
-        # the second-to-last decoder activation (MONAI's U-Net: the up-sampled features of the finest level).
-        # On a synthetic test case it put 28% of the map within 4 voxels of the lesion (0.3% of the volume);
-        # the last one, inside the output's residual unit, put 0% there.
-        found = feature_layers(network, x)
-        layer = found[-2] if len(found) > 1 else found[-1]
-    elif layer not in modules or not layer:
-        raise ConfigError(f"--layer {layer!r} is not a layer of this network; for example: "
-                          + ", ".join(feature_layers(network, x)[-4:]))
-    score = RegionScore(network, t.to(x.device)).eval()
-    lesion_class = 1 if s.head == "softmax" else 0
-    # MONAI's default post-processing maps (min, max) to (1, 0), i.e. flips the map: scale by the peak instead
-    cam = GradCAM(nn_module=score, target_layers=f"network.{layer}", postprocessing=_scale_to_peak)(
-        x, class_idx=lesion_class)
-    occlusion = OcclusionSensitivity(nn_module=score, mask_size=occlusion_size, n_batch=4, overlap=occlusion_overlap,
-                                     verbose=True, activate=torch.sigmoid if s.head == "sigmoid" else True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # inside MONAI 1.6's occlusion code
-        full = torch.softmax(score(x), 1)[0, 1] if s.head == "softmax" else torch.sigmoid(score(x))[0, 0]
-        occ_map, _ = occlusion(x)
-    importance = (full - occ_map[0, lesion_class]).clamp(min=0)  # (B, classes, *spatial) in MONAI 1.6
+    x, t, half = _window(volume, target, centre, size, network, s.spatial_dims, cid)
+    layer = _choose_layer(network, x, layer)
     maps = {}
-    for name, window_map in (("gradcam", cam[0, 0]), ("occlusion", importance)):
+    for name, window_map in _maps(network, x, t, layer, s.head, occlusion_size, occlusion_overlap).items():
         m = window_map.detach().float().cpu()
-        m = m[..., None] if s.spatial_dims == 2 else m
-        maps[name] = _place(m, centre, half, volume.shape[2:])
+        maps[name] = _place(m[..., None] if s.spatial_dims == 2 else m, centre, half, volume.shape[2:])
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    import nibabel as nib
-
-    reference = nib.load(case["image"][0])
-    affine = np.asarray(image.affine)
-    paths = {}
+    reference, affine, paths = nib.load(case["image"][0]), np.asarray(image.affine), {}
     for name, m in maps.items():
         paths[name] = output_dir / f"{cid}_{name}.nii.gz"
         save_nifti_atomic(like_reference(to_grid(m.astype(np.float32), affine, reference), reference, np.float32),
@@ -174,14 +189,9 @@ def explain_case(model: str | Path, case: dict, output_dir: str | Path, layer: s
 
 def _overlay(image: np.ndarray, target: np.ndarray, maps: dict, z: int, path: Path, title: str) -> None:
     """Axial slice ``z`` (model grid): the image with the explained lesion outlined, and each map over it."""
-    import matplotlib
+    from pipeline.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.io import atomic_path
-
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(4 * (1 + len(maps)), 4.4))
+    fig, axes = pyplot().subplots(1, 1 + len(maps), figsize=(4 * (1 + len(maps)), 4.4))
     show = lambda a: np.rot90(a[..., z])  # noqa: E731  (RAS: anterior up)
     for ax in axes:
         ax.imshow(show(image), cmap="gray")
@@ -195,6 +205,4 @@ def _overlay(image: np.ndarray, target: np.ndarray, maps: dict, z: int, path: Pa
         ax.set_title({"gradcam": "Grad-CAM", "occlusion": "occlusion sensitivity"}.get(name, name))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

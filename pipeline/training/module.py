@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.metrics import dice, lesion_f1
-from pipeline.inference import lesion_probability
+from pipeline.inference.predictor import lesion_probability, remove_small_lesions
 from pipeline.models.losses import DeepSupervisionLoss
 
 __all__ = ["LesionSegmentation", "auto_precision"]
@@ -30,20 +29,6 @@ def auto_precision(precision: str = "auto") -> str:
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-def _lr_lambda(name: str, total_steps: int, warmup_steps: int, poly_exponent: float):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        if name == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * t))
-        if name == "poly":
-            return (1 - t) ** poly_exponent
-        return 1.0
-
-    return factor
 
 
 class LesionSegmentation(pl.LightningModule):
@@ -84,8 +69,8 @@ class LesionSegmentation(pl.LightningModule):
         self.loss = DeepSupervisionLoss(loss)
         self.head, self.spatial_dims, self.roi_size, self.threshold = head, spatial_dims, list(roi_size), threshold
         self.min_lesion_ml = min_lesion_ml
-        self.optimizer_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.99, **(optimizer or {})}
-        self.scheduler_cfg = {"name": "cosine", "warmup_steps": 0, "poly_exponent": 0.9, **(scheduler or {})}
+        # unset keys take build_optimizer's / build_scheduler's defaults, which are train.yaml's (tested)
+        self.optimizer_cfg, self.scheduler_cfg = dict(optimizer or {}), dict(scheduler or {})
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
         self.val_images, self.seed = val_images, seed
         self.init_from, self.freeze_encoder_epochs = init_from, freeze_encoder_epochs
@@ -153,8 +138,6 @@ class LesionSegmentation(pl.LightningModule):
         prob = self.predict_probability(batch["image"])
         pred = (prob >= self.threshold).cpu().numpy()
         if self.min_lesion_ml > 0:
-            from pipeline.inference import remove_small_lesions
-
             affine = np.asarray(batch["image"].affine[0]) if hasattr(batch["image"], "affine") else np.eye(4)
             voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000  # whole volumes, also for 2D
             pred = np.stack([remove_small_lesions(p[0], voxel_ml, self.min_lesion_ml)[None] for p in pred])
@@ -189,37 +172,26 @@ class LesionSegmentation(pl.LightningModule):
         pictures, self._pictures = self._pictures, []
         if not pictures or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        from pipeline.evaluation.plots import overlay_grid
+        from pipeline.figures import overlay_grid
         from pipeline.tracking import log_figure
 
         fig = overlay_grid(pictures, f"validation, epoch {self.current_epoch}: truth (green), prediction (red)")
         log_figure(self.logger, fig, f"validation/epoch_{self.current_epoch:03d}.png")
 
     def configure_optimizers(self):
-        cfg = self.optimizer_cfg
-        params = list(self.parameters())  # frozen ones get no gradient, so the optimiser leaves them alone
-        if cfg["name"] == "adamw":
-            opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        elif cfg["name"] == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True,
-                                  weight_decay=cfg["weight_decay"])
-        else:
-            raise ValueError(f"optimizer name must be 'adamw' or 'sgd', not {cfg['name']!r}")
-        s = self.scheduler_cfg
-        if s["name"] not in ("cosine", "poly", "constant"):
-            raise ValueError(f"scheduler name must be 'cosine', 'poly' or 'constant', not {s['name']!r}")
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s["name"], total, s["warmup_steps"],
-                                                                  s["poly_exponent"]))
+        from pipeline.training.optim import build_optimizer, build_scheduler
+
+        # every parameter: frozen ones get no gradient, so the optimiser leaves them alone
+        opt = build_optimizer(self.parameters(), **self.optimizer_cfg)
+        sched = build_scheduler(opt, total_steps=int(self.trainer.estimated_stepping_batches), **self.scheduler_cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def _picture(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple:
     """The axial slice (last axis) with the most truth (else prediction, else middle) for one case."""
-    weight = truth.reshape(-1, truth.shape[-1]).sum(0) if truth.ndim == 3 else None
-    if weight is None:  # 2D case: already a slice
+    from pipeline.figures import lesion_slice
+
+    if truth.ndim != 3:  # 2D case: already a slice
         return image, truth, pred
-    if weight.max() == 0:
-        weight = pred.reshape(-1, pred.shape[-1]).sum(0)
-    z = int(np.argmax(weight)) if weight.max() > 0 else truth.shape[-1] // 2
+    z = lesion_slice(truth, pred)
     return image[..., z], truth[..., z], pred[..., z]

@@ -1,11 +1,9 @@
-"""The MONAI bundle: inference entry point, export from a checkpoint, and verification.
+"""Exporting a trained model as a MONAI bundle, verifying it, and attaching it to the training's MLflow run.
 
-``configs/inference.yaml`` instantiates :class:`BundleSegmenter` (its ``evaluator``), which runs the
-project's :class:`~pipeline.inference.Predictor` with the config's ``network_def``, ``preprocessing``,
-``inferer`` and ``postprocessing``. :func:`export_bundle` writes ``models/model.pt`` (a state dict),
-``models/model.ts`` (MONAI's ``ckpt_export``) and ``models/model.onnx`` (what ``runtime: openvino`` or
-``onnxruntime`` runs on CPU), sets the model's values in ``inference.yaml``, bumps the
-metadata's version and changelog, and verifies the result offline.
+:func:`export_bundle` writes ``models/model.pt`` (a state dict), ``models/model.ts`` (MONAI's ``ckpt_export``)
+and ``models/model.onnx`` (what ``runtime: openvino`` or ``onnxruntime`` runs on CPU), sets the model's values
+in ``inference.yaml`` (its ``network_def`` and ``settings``), bumps the metadata's version and changelog, and
+verifies the result offline (:func:`verify_bundle`).
 
 Example:
     >>> export_bundle("outputs/train/checkpoints/best-029.ckpt", "bundles/stroke_mri_segmentation")  # doctest: +SKIP
@@ -13,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import importlib.util
 import json
@@ -25,111 +22,41 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline.errors import ConfigError, InputError, PipelineError
-from pipeline.inference import Settings
+from pipeline.errors import InputError, PipelineError
+from pipeline.inference.loading import fold_checkpoints, load_bundle, read_checkpoint, read_postprocessing
+from pipeline.inference.runtimes import CompiledNetwork, export_onnx
+from pipeline.inference.settings import Settings
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.models.networks import network_weights
-from pipeline.runtimes import CompiledNetwork, export_onnx
 
-__all__ = ["BundleSegmenter", "load_weights", "load_bundle", "export_bundle", "verify_bundle", "cases_of",
-           "log_bundle_to_run",
-           "SCHEMA", "INFERENCE_HEADER"]
+__all__ = ["export_bundle", "verify_bundle", "log_bundle_to_run", "SCHEMA", "INFERENCE_HEADER"]
 
 log = logging.getLogger(__name__)
-SCHEMA = Path(__file__).resolve().parents[1] / "bundles" / "schemas" / "meta_schema.json"
-SETTINGS_IDS = [f.name for f in dataclasses.fields(Settings)]
+SCHEMA = Path(__file__).resolve().parents[2] / "bundles" / "schemas" / "meta_schema.json"
 INFERENCE_HEADER = """\
 # Segment stroke lesions with this bundle's model (MONAI bundle config; written by `python -m pipeline export`).
 #   python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . \\
-#       --datalist CASES.json [--dataset_dir DIR] --output_dir OUT [--split testing|training|all] [--tta_axes [0,1,2]]
+#       --datalist CASES.json [--dataset_dir DIR] --output_dir OUT [--split testing|training|all] \\
+#       [--settings#tta_axes [0,1,2]]
 # Writes OUT/<id>.nii.gz (uint8 masks on each case's own DWI grid) and OUT/volumes.csv. See docs/README.md.
 """
 
 
-def cases_of(datalist: str | None, split: str = "testing", dataset_dir: str | None = None) -> list[dict]:
-    """The cases of a manifest split, with absolute paths (``datalist`` is required)."""
-    if not datalist:
-        raise ConfigError("no datalist: pass --datalist CASES.json (a MONAI datalist / manifest)")
-    from pipeline.batch_inference import select_cases
-
-    return select_cases(datalist, split, dataset_dir)
-
-
-def load_weights(network: torch.nn.Module, path: str | Path, device="cpu") -> torch.nn.Module:
-    """Load a state dict saved by :func:`export_bundle` into ``network``; eval mode on ``device``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("bundle has no weights: run `python -m pipeline export` first", path=str(path))
-    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return network.to(device).eval()
-
-
-class BundleSegmenter:
-    """The inference config's ``evaluator``: segments ``dataset.data`` into ``output_dir``.
-
-    Raises a PipelineError after all cases when any failed, so ``monai.bundle run`` exits non-zero.
-    """
-
-    def __init__(self, network, dataset, inferer, postprocessing, settings, output_dir: str, device="cpu",
-                 overwrite: bool = False, save_prob: bool = False, save_unc: bool = False, onnx_model=None):
-        from pipeline.inference import Predictor
-
-        self.predictor = Predictor(network, settings, device, preprocessing=dataset.transform, inferer=inferer,
-                                   postprocessing=postprocessing, onnx_model=onnx_model)
-        self.cases, self.output_dir = list(dataset.data), output_dir
-        self.overwrite, self.save_prob, self.save_unc = overwrite, save_prob, save_unc
-
-    def run(self):
-        from pipeline.batch_inference import segment_cases
-
-        report = segment_cases(self.predictor, self.cases, self.output_dir, self.overwrite, self.save_prob,
-                               self.save_unc)
-        log.info("%d written, %d kept, %d failed -> %s", len(report.written), len(report.skipped),
-                 len(report.failures), self.output_dir)
-        if report.failures:
-            raise PipelineError(f"{len(report.failures)} case(s) failed: "
-                                + "; ".join(f"{c}: {r}" for c, r in report.failures))
-        return report
-
-
-def _parser(bundle: Path, **overrides):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.yaml"))
-    parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    parser.update({"bundle_root": str(bundle), **overrides})
-    return parser
-
-
-def load_bundle(bundle: str | Path, device="cpu"):
-    """Network (weights loaded) and Settings from a bundle folder, as its inference config defines them."""
-    bundle = Path(bundle)
-    if not (bundle / "configs" / "inference.yaml").is_file():
-        raise InputError("not a bundle folder: no configs/inference.yaml", path=str(bundle))
-    parser = _parser(bundle)
-    network = load_weights(parser.get_parsed_content("network_def"), bundle / "models" / "model.pt", device)
-    settings = Settings(**{k: parser.get_parsed_content(k) for k in SETTINGS_IDS if k in parser.get()})
-    return network, settings
-
-
 def _inference_values(ckpt: dict) -> tuple[dict, dict]:
     """The checkpoint's network arguments and inference settings, as inference.yaml holds them."""
-    settings = dataclasses.asdict(Settings.from_checkpoint(ckpt["hyper_parameters"]))
-    return dict(ckpt["network_config"]), settings
+    return dict(ckpt["network_config"]), Settings.from_hparams(ckpt["hyper_parameters"]).as_config()
 
 
 def _write_inference_config(path: Path, network: dict, settings: dict) -> None:
     config = yaml.safe_load(path.read_text())
-    for key, value in settings.items():
-        config[key] = list(value) if isinstance(value, tuple) else value
+    config["settings"] = {"_target_": "pipeline.inference.Settings", **settings}
     net = config["network_def"]
     net["_target_"] = ("pipeline.models.networks.build_ensemble" if "members" in network
                        else "pipeline.models.networks.build_network")
     net.pop("members", None)
     for key, value in network.items():
         if key in ("spatial_dims", "in_channels", "head"):
-            continue  # these refer to the top-level IDs
+            continue  # these refer to the settings
         net[key] = value
     with atomic_path(path) as tmp:
         tmp.write_text(INFERENCE_HEADER + yaml.safe_dump(config, sort_keys=False, width=120))
@@ -174,35 +101,22 @@ def _update_metadata(path: Path, settings: dict, network: dict, source: str, sco
     return meta
 
 
-def _read_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError("checkpoint not found", path=str(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not ckpt.get("network_config"):
-        raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(path))
-    return ckpt
-
-
 def _model_state(checkpoint: Path) -> tuple[dict, dict, dict, float | None]:
     """Network config, settings, state dict and best score of a checkpoint, or of a cross-validation folder
     (the fold ensemble with the post-processing chosen out of fold)."""
     if checkpoint.is_dir():
-        from pipeline.cross_validation import fold_checkpoints
-
-        post_file = checkpoint / "postprocessing.json"
+        post = read_postprocessing(checkpoint)
         folds = fold_checkpoints(checkpoint)
-        if not post_file.is_file() or not folds:
-            raise InputError("not a finished cross-validation folder (no postprocessing.json or fold models)",
-                             path=str(checkpoint))
+        if not folds:
+            raise InputError("no fold models in this cross-validation folder", path=str(checkpoint))
         state, network, settings = {}, None, None
         for i, (_, path) in enumerate(sorted(folds.items())):
-            ckpt = _read_checkpoint(path)
+            ckpt = read_checkpoint(path)
             network, settings = _inference_values(ckpt)
             state.update(network_weights(ckpt["state_dict"], prefix=f"members.{i}."))
-        post = json.loads(post_file.read_text())
         settings.update(threshold=post["threshold"], min_lesion_ml=post["min_lesion_ml"])
         return dict(members=len(folds), **network), settings, state, post.get("score")
-    ckpt = _read_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     network, settings = _inference_values(ckpt)
     state = network_weights(ckpt["state_dict"])
     score = next((float(v["best_model_score"]) for k, v in ckpt.get("callbacks", {}).items()
@@ -236,9 +150,7 @@ def export_bundle(checkpoint: str | Path, bundle: str | Path) -> dict:
 
 def log_bundle_to_run(bundle: str | Path, checkpoint: str | Path) -> str | None:
     """Zip the bundle and attach it to the MLflow run that wrote ``checkpoint`` (found in its output_dir)."""
-    from mlflow import MlflowClient
-
-    from pipeline.tracking import RUN_ID_FILE, resolve_tracking_uri
+    from pipeline.tracking import RUN_ID_FILE, client
 
     output_dir = Path(checkpoint).resolve().parent.parent
     if not (output_dir / RUN_ID_FILE).is_file():
@@ -252,7 +164,7 @@ def log_bundle_to_run(bundle: str | Path, checkpoint: str | Path) -> str | None:
         meta = json.loads((bundle / "configs" / "metadata.json").read_text())
         archive = shutil.make_archive(str(Path(tmp) / f"{bundle.name}_v{meta['version']}"), "zip", bundle.parent,
                                       bundle.name)
-        MlflowClient(resolve_tracking_uri(uri)).log_artifact(run_id, archive, "bundle")
+        client(uri).log_artifact(run_id, archive, "bundle")
     log.info("logged %s to MLflow run %s", Path(archive).name, run_id)
     return run_id
 

@@ -16,14 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from pipeline.errors import ConfigError
 
-__all__ = ["DEFAULT_CONFIG", "parse_overrides", "load_workflow", "flatten", "fit", "train"]
+__all__ = ["DEFAULT_CONFIG", "parse_overrides", "load_workflow", "flatten", "fit", "train", "ValidateOnLastEpoch"]
 
 log = logging.getLogger(__name__)
 # the repository's bundle (an editable install keeps the package beside it)
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "bundles/stroke_mri_segmentation/configs/train.yaml")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "bundles/stroke_mri_segmentation/configs/train.yaml")
 PLAIN = (int, float, str, bool, type(None))
 
 
@@ -124,8 +125,7 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
     and return the best checkpoint's path."""
     from pipeline.tracking import log_checkpoint, log_run_context
 
-    if logging.getLogger().handlers:  # lightning adds its own console handler: lines would print twice
-        logging.getLogger("lightning").handlers.clear()
+    _one_console_handler()
     output_dir = Path(output_dir)
     log_run_context(trainer.logger, output_dir, datalist, config_file,
                     init_from=getattr(module, "init_from", None))
@@ -142,10 +142,44 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     log_checkpoint(trainer.logger, best)
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-    log.info("best checkpoint: %s (val/dice %s)", best, score)
+    log.info("best checkpoint: %s (val/dice %s)", best, f"{float(score):.4f}" if score is not None else "none")
     if trainer.is_global_zero:
         _write_summary(output_dir, trainer, best, score, time.perf_counter() - start)
     return best
+
+
+class _NoAdvertising(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _one_console_handler() -> None:
+    """Lightning's loggers carry their own console handler; with the root's (the CLI's or MONAI's) every line
+    would print twice. Keep the root's, and drop Lightning's advertising tips."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+    _no_advertising()
+
+
+def _no_advertising() -> None:
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertising) for f in quiet.filters):
+        quiet.addFilter(_NoAdvertising())
+
+
+_no_advertising()  # at import: configs import this module before they build the Trainer, which shows the tip
+
+
+class ValidateOnLastEpoch(Callback):
+    """Validation every ``check_val_every_n_epoch`` epochs *and* on the last one, so a short run (``--max_epochs
+    1``) still logs ``val/dice`` and writes a best checkpoint (Lightning alone skips it)."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if not hasattr(self, "every"):
+            self.every = trainer.check_val_every_n_epoch
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        trainer.check_val_every_n_epoch = 1 if last else self.every
 
 
 def peak_memory_mb() -> dict:

@@ -1,7 +1,6 @@
 """What a user runs for issue #9: the classic U-Net trained and applied through the usual commands, the
 explain command, and a normalisation study from one command."""
 
-import csv
 import json
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 
 from conftest import ROOT, run_cli, tiny_overrides
 from pipeline.data.manifest import load_manifest
-from pipeline.experiment import DEFAULT_CONFIG
+from pipeline.training.experiment import DEFAULT_CONFIG
 
 CLASSIC = DEFAULT_CONFIG.replace("train.yaml", "classic_unet.yaml")
 NORMS = DEFAULT_CONFIG.replace("train.yaml", "norm")
@@ -53,37 +52,3 @@ def test_classic_unet_trains_and_infers_through_the_usual_commands(synth_set, tm
         assert nib.load(tmp_path / "bundle_pred" / f"{case['id']}.nii.gz").shape == dwi.shape
 
 
-@pytest.mark.slow
-def test_explain_writes_non_empty_maps_on_the_case_grid(synth_set, tiny_checkpoint, tmp_path):
-    _, manifest = synth_set
-    case = load_manifest(manifest)["training"][0]
-    result = run_cli("explain", "--model", str(tiny_checkpoint), "--datalist", str(manifest), "--case", case["id"],
-                     "--output", str(tmp_path / "explain"), "--occlusion-size", "12", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    dwi = nib.load(case["image"][0])
-    for name in ("gradcam", "occlusion"):
-        img = nib.load(tmp_path / "explain" / f"{case['id']}_{name}.nii.gz")
-        data = np.asarray(img.dataobj)
-        assert img.shape == dwi.shape and np.allclose(img.affine, dwi.affine)
-        assert np.isfinite(data).all() and (data > 0).sum() > 100
-    assert (tmp_path / "explain" / f"{case['id']}_explain.png").stat().st_size > 10_000
-    wrong = run_cli("explain", "--model", str(tiny_checkpoint), "--datalist", str(manifest), "--case", case["id"],
-                    "--output", str(tmp_path / "x"), "--layer", "no.such.layer", cwd=tmp_path)
-    assert wrong.returncode == 2 and "for example" in wrong.stderr and "Traceback" not in wrong.stderr
-
-
-@pytest.mark.slow
-def test_normalisation_study_from_one_command(synth_set, tmp_path):
-    _, manifest = synth_set
-    overrides = tiny_overrides(manifest, tmp_path / "unused", f"sqlite:///{tmp_path}/mlflow.db", epochs=1)
-    overrides = [a for i, a in enumerate(overrides) if "--output_dir" not in (a, overrides[i - 1])]
-    result = run_cli("study", "--variants", f"{NORMS}/batch.yaml", f"{NORMS}/none.yaml", "--output",
-                     str(tmp_path / "study"), *overrides, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(tmp_path / "study" / "study.csv") as f:
-        rows = {r["variant"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"batch", "none"} and all(r["status"] == "ok" for r in rows.values())
-    assert all(0 <= float(r["best_val_dice"]) <= 1 and float(r["peak_rss_mb"]) > 100 for r in rows.values())
-    for variant in rows:  # each variant really trained with its own normalisation
-        assert f"norm: {variant}" in (tmp_path / "study" / variant / "config.yaml").read_text()
-    assert "| batch |" in result.stdout and (tmp_path / "study" / "study.png").is_file()

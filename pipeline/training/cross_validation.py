@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError, describe_error
+from pipeline.inference.loading import POSTPROCESSING_FILE, fold_checkpoints
 from pipeline.io import atomic_path, write_json_atomic
 
-__all__ = ["run_cv", "choose_postprocessing", "fold_checkpoints", "THRESHOLDS", "MIN_LESION_ML"]
+__all__ = ["run_cv", "choose_postprocessing", "cv_summary_text", "THRESHOLDS", "MIN_LESION_ML"]
 
 log = logging.getLogger(__name__)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -34,23 +35,12 @@ MIN_LESION_ML = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 PARENT_FILE = "parent_run_id.txt"
 
 
-def fold_checkpoints(cv_dir: str | Path) -> dict[int, Path]:
-    """The best checkpoint of every finished fold under ``cv_dir``."""
-    found = {}
-    for fold_dir in sorted(Path(cv_dir).glob("fold_*")):
-        best = sorted((fold_dir / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if best:
-            found[int(fold_dir.name.split("_")[1])] = best[-1]
-    return found
-
-
 def _parent_run(cv_dir: Path, tracking_uri: str | None, experiment: str, folds: int) -> tuple[object, str]:
-    from mlflow import MlflowClient
-
+    from pipeline.tracking import client as mlflow_client
     from pipeline.tracking import experiment_id, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     if (cv_dir / PARENT_FILE).is_file():
         return client, (cv_dir / PARENT_FILE).read_text().strip()
     run = client.create_run(experiment_id(client, experiment, uri), run_name=f"cv-{folds}fold",
@@ -67,7 +57,7 @@ def choose_postprocessing(samples: list[tuple[np.ndarray, np.ndarray, float]]) -
     (0.5, 0 mL). Returns the choice and the whole grid.
     """
     from pipeline.evaluation.metrics import dice, lesion_f1
-    from pipeline.inference import Postprocess
+    from pipeline.inference.predictor import Postprocess
 
     grid = []
     for threshold, min_ml in itertools.product(THRESHOLDS, MIN_LESION_ML):
@@ -90,7 +80,7 @@ def _out_of_fold(cv_dir: Path, manifest: str, dataset_dir, folds: int) -> list[d
 
     from pipeline.data.datamodule import split_cases
     from pipeline.data.manifest import load_manifest
-    from pipeline.inference import Predictor
+    from pipeline.inference.predictor import Predictor
 
     cases = load_manifest(manifest, dataset_dir)["training"]
     records = []
@@ -133,9 +123,11 @@ def _write_table(rows: list[dict], cv_dir: Path) -> None:
 def run_cv(config_files: list[str], overrides: dict, folds: int, only_fold: int | None = None) -> dict:
     """Train the folds (all, or ``only_fold``), then, once every fold has a model, evaluate out of fold,
     choose the post-processing and fill the parent run. Returns a summary dict."""
-    from pipeline.experiment import load_workflow, train
-    from pipeline.inference import like_reference
+    from pipeline.evaluation.report import evaluate
+    from pipeline.inference.grid import like_reference
+    from pipeline.inference.predictor import Postprocess
     from pipeline.io import save_nifti_atomic
+    from pipeline.training.experiment import load_workflow, train
 
     wf = load_workflow(config_files, overrides)
     get = wf.parser.get_parsed_content
@@ -162,15 +154,11 @@ def run_cv(config_files: list[str], overrides: dict, folds: int, only_fold: int 
 
     records = _out_of_fold(cv_dir, get("datalist"), get("dataset_dir"), folds)
     post, grid = choose_postprocessing([(r["prob"], r["truth"], r["voxel_ml"]) for r in records])
-    write_json_atomic(dict(post, grid=grid), cv_dir / "postprocessing.json")
-    from pipeline.inference import Postprocess
-
+    write_json_atomic(dict(post, grid=grid), cv_dir / POSTPROCESSING_FILE)
     apply = Postprocess(post["threshold"], post["min_lesion_ml"])
     for r in records:
         save_nifti_atomic(like_reference(apply(r["prob"], r["voxel_ml"]), r["reference"], np.uint8),
                           cv_dir / "oof" / f"{r['id']}.nii.gz")
-    from pipeline.evaluation.report import evaluate
-
     evaluate(get("datalist"), cv_dir / "oof", cv_dir / "oof" / "evaluation", split="training",
              dataset_dir=get("dataset_dir"), progress=False)
     rows = _cv_table(cv_dir / "oof" / "evaluation" / "metrics.csv", {r["id"]: r["fold"] for r in records})

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.experiment import DEFAULT_CONFIG
 from pipeline.io import atomic_path
+from pipeline.training.experiment import DEFAULT_CONFIG
 
 __all__ = ["run_study", "write_table", "COLUMNS"]
 
@@ -81,12 +81,9 @@ def write_table(rows: list[dict], output_dir: Path) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return
-    import matplotlib
+    from pipeline.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.6))
     names = [r["variant"] for r in ok]
     for ax, key, title in zip(axes, ("best_val_dice", "train_seconds", "peak_rss_mb"),
                               ("best validation Dice", "training time (s)", "peak RSS (MB)"), strict=True):
@@ -96,6 +93,4 @@ def write_table(rows: list[dict], output_dir: Path) -> None:
     if all(r["best_val_dice"] is not None for r in ok):
         axes[0].set_ylim(0, 1)
     fig.tight_layout()
-    with atomic_path(output_dir / "study.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, output_dir / "study.png", dpi=110)

@@ -2,15 +2,11 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from conftest import run_cli, write_nifti
-from pipeline.batch_inference import segment_datalist
-from pipeline.evaluation.metrics import dice
-from pipeline.inference import Predictor, Settings
 
 
 class BrightIsLesion(torch.nn.Module):
@@ -42,80 +38,6 @@ def oblique_lps_case(tmp_path, name="case", shape=(48, 44, 14), spacing=(1.1, 1.
              write_nifti(tmp_path / f"{name}_adc.nii.gz", np.where(head, 800.0, 0).astype(np.float32), affine)]
     label = write_nifti(tmp_path / f"{name}_msk.nii.gz", blob.astype(np.uint8), affine)
     return dict(id=name, image=[str(p) for p in paths], label=str(label)), blob
-
-
-@pytest.mark.parametrize("spatial_dims, roi", [(3, [32, 32, 32]), (2, [48, 48])])
-def test_mask_comes_back_on_the_oblique_lps_anisotropic_grid(tmp_path, spatial_dims, roi):
-    case, blob = oblique_lps_case(tmp_path)
-    settings = Settings(spatial_dims=spatial_dims, roi_size=roi, channels=2, spacing=[1.5, 1.5, 1.5])
-    result = Predictor(BrightIsLesion(spatial_dims), settings).predict_case(case)
-    ref = nib.load(case["image"][0])
-    assert result["mask"].shape == ref.shape and result["mask"].dtype == np.uint8
-    assert dice(result["mask"] > 0, blob) > 0.8  # in the right place, not merely the right shape
-
-
-def test_written_masks_copy_the_grid_and_header_codes_and_tta_gives_uncertainty(tmp_path):
-    case, _ = oblique_lps_case(tmp_path / "in")
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"testing": [case]}))
-    settings = Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0], tta_axes=[0, 1, 2])
-    report = segment_datalist(Predictor(BrightIsLesion(), settings), manifest, tmp_path / "out", save_prob=True,
-                              save_unc=True, progress=False)
-    assert report.written == ["case"] and not report.failures
-    ref, out = nib.load(case["image"][0]), nib.load(tmp_path / "out" / "case.nii.gz")
-    assert out.shape == ref.shape and np.array_equal(out.affine, ref.affine)
-    assert np.allclose(out.get_qform(), ref.get_qform()) and np.allclose(out.get_sform(), ref.get_sform())
-    assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 1
-    assert out.get_data_dtype() == np.uint8
-    assert nib.load(tmp_path / "out" / "case_unc.nii.gz").shape == ref.shape
-    prob = nib.load(tmp_path / "out" / "case_prob.nii.gz").get_fdata()
-    assert 0 <= prob.min() and prob.max() <= 1
-    rows = (tmp_path / "out" / "volumes.csv").read_text().splitlines()
-    assert rows[0] == "id,lesion_ml,components" and rows[1].startswith("case,") and rows[1].endswith(",1")
-
-
-def test_output_headers_carry_geometry_but_no_text_from_the_input(tmp_path):
-    case, _ = oblique_lps_case(tmp_path / "in")
-    img = nib.load(case["image"][0])
-    img.header["descrip"] = b"Doe^Jane 1950-01-01"
-    img.header["aux_file"] = b"ward7"
-    img.header.set_intent("estimate", name="patient")
-    nib.save(img, case["image"][0])
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"testing": [case]}))
-    predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0]))
-    segment_datalist(predictor, manifest, tmp_path / "out", save_prob=True, progress=False)
-    for name in ("case.nii.gz", "case_prob.nii.gz"):
-        header = nib.load(tmp_path / "out" / name).header
-        assert header["descrip"].item() == b"" and header["aux_file"].item() == b""
-        assert header["intent_name"].item() == b""
-        assert np.allclose(header.get_zooms()[:3], img.header.get_zooms()[:3])
-
-
-def test_one_bad_case_is_reported_and_the_others_are_written_never_overwritten(tmp_path):
-    good, _ = oblique_lps_case(tmp_path / "in", "good")
-    bad, _ = oblique_lps_case(tmp_path / "in", "bad")
-    raw = open(bad["image"][1], "rb").read()
-    open(bad["image"][1], "wb").write(raw[: len(raw) // 3])
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"testing": [bad, good]}))
-    predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0]))
-    report = segment_datalist(predictor, manifest, tmp_path / "out", progress=False)
-    assert report.written == ["good"] and [c for c, _ in report.failures] == ["bad"]
-    assert not (tmp_path / "out" / "bad.nii.gz").exists()
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no half-written temp files
-    stamp = (tmp_path / "out" / "good.nii.gz").stat().st_mtime_ns
-    again = segment_datalist(predictor, manifest, tmp_path / "out", progress=False)
-    assert again.skipped == ["good"] and (tmp_path / "out" / "good.nii.gz").stat().st_mtime_ns == stamp
-
-
-def test_output_folder_holding_inputs_is_refused(tmp_path):
-    case, _ = oblique_lps_case(tmp_path)
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"testing": [case]}))
-    predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 32], channels=2))
-    with pytest.raises(Exception, match="output folder holds this input file"):
-        segment_datalist(predictor, manifest, tmp_path, progress=False)
 
 
 @pytest.mark.slow

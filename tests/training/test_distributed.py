@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny_overrides
-from pipeline.experiment import DEFAULT_CONFIG, load_workflow, parse_overrides
+from pipeline.training.experiment import DEFAULT_CONFIG, load_workflow, parse_overrides
 
 pytestmark = pytest.mark.slow
 

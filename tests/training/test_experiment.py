@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.experiment import flatten, parse_overrides
+from pipeline.training.experiment import flatten, parse_overrides
 
 
 def test_overrides_keep_their_types():

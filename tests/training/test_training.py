@@ -135,3 +135,26 @@ def test_unknown_config_id_is_one_line_with_a_suggestion(tmp_path):
     result = run_cli("train", "--max_epoch", "2", cwd=ROOT)
     assert result.returncode == 2
     assert "no such config ID; did you mean --max_epochs?" in result.stderr
+
+
+def test_four_subjects_one_epoch_trains_validates_once_and_prints_cleanly(tmp_path):
+    """What a new user tries first: `synth --subjects 4`, then `train --max_epochs 1` with the config's
+    validation interval (every 2 epochs): it trains, validates on the last epoch, writes a best checkpoint,
+    and its output has each log line once, no advertising and the best score as a number."""
+    result = run_cli("synth", "--out", str(tmp_path / "d"), "--subjects", "4", "--spacing", "4",
+                     "--manifest", str(tmp_path / "m.json"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = tiny(tmp_path / "m.json", tmp_path / "out", uri, epochs=1)
+    i = overrides.index("--trainer#check_val_every_n_epoch")
+    del overrides[i:i + 2]  # keep train.yaml's interval
+    result = run_cli("train", *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "out" / "checkpoints").glob("best-*.ckpt"))
+    client, run = only_run(uri)
+    assert len(client.get_metric_history(run.info.run_id, "val/dice")) == 1
+    text = result.stdout + result.stderr
+    lines = [ln for ln in text.splitlines() if ln.strip() and "it/s" not in ln and "\r" not in ln]
+    assert len(lines) == len(set(lines)), [ln for ln in lines if lines.count(ln) > 1][:3]
+    assert "Tip:" not in text and "litlogger" not in text.lower() and "tensor(" not in text
+    assert "best val/dice" in text.lower() or "val/dice" in text

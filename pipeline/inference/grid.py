@@ -1,0 +1,90 @@
+"""Maps back onto the scanner's grid, and NIfTI files on exactly that grid.
+
+The probability map is computed on the model's grid (RAS, training spacing, cropped to the head) and put
+back once onto the grid of the case's first channel (DWI): a voxel copy when the grids differ only by
+orientation and crop, else MONAI's ``ResampleToMatch``, averaged over thick slices.
+
+Example:
+    >>> back = to_grid(prob, model_affine, nib.load("dwi.nii.gz"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import ResampleToMatch
+
+__all__ = ["to_grid", "aligned_copy", "like_reference"]
+
+
+def to_grid(data: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image) -> np.ndarray:
+    """A 3D map with voxel-to-world ``affine`` on the grid of ``reference`` (trilinear, zeros outside).
+
+    Where a reference voxel is longer than the map's along an axis (a thick slice), the map is averaged over
+    it, as the scanner's slice profile averages tissue (one sample per map voxel, a box profile): sampling
+    only each slice's centre would let a lesion's top or bottom slice hinge on one plane.
+    """
+    shape = reference.shape[:3]
+    copied = aligned_copy(data, affine, reference.affine, shape)
+    if copied is not None:
+        return copied
+    ref_affine = np.asarray(reference.affine, float)
+    ratio = np.linalg.norm(ref_affine[:3, :3], axis=0) / np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0).min()
+    steps = [int(np.ceil(r)) if r > 1.5 else 1 for r in ratio]
+    fine = ref_affine.copy()
+    for axis, k in enumerate(steps):  # k sub-samples centred in each reference voxel along this axis
+        fine[:3, axis] = ref_affine[:3, axis] / k
+        fine[:3, 3] -= ref_affine[:3, axis] * (k - 1) / (2 * k)
+    fine_shape = [n * k for n, k in zip(shape, steps, strict=True)]
+    dst = MetaTensor(torch.zeros((1, *fine_shape)), affine=torch.as_tensor(fine))
+    resample = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+    out = resample(MetaTensor(torch.as_tensor(data)[None], affine=torch.as_tensor(affine)), dst)[0].numpy()
+    if any(k > 1 for k in steps):
+        out = out.reshape(shape[0], steps[0], shape[1], steps[1], shape[2], steps[2]).mean((1, 3, 5))
+    return out
+
+
+def aligned_copy(src: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int],
+                 atol: float = 1e-3) -> np.ndarray | None:
+    """``src`` on the destination grid by copying voxels, when the two grids differ only by axis flips and
+    permutations and a whole-voxel shift (what reorienting and cropping do); None otherwise.
+
+    Our own because MONAI's ``ResampleToMatch`` builds a full sampling grid even then: 0.35 s of the 2.4 s
+    of a 1 mm case (``make bench``), for a result this copy gives exactly.
+    """
+    m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
+    rot, shift = m[:3, :3], m[:3, 3]
+    perm = np.rint(rot)
+    if not (np.allclose(rot, perm, atol=atol) and np.allclose(shift, np.rint(shift), atol=atol)
+            and (np.abs(perm).sum(0) == 1).all() and (np.abs(perm).sum(1) == 1).all()):
+        return None
+    out = np.zeros(tuple(dst_shape), dtype=src.dtype)
+    order, dst_index, src_index = [], [], []
+    for j in range(3):  # destination axis j reads source axis i: src_i = sign * dst_j + shift_i
+        i = int(np.flatnonzero(perm[:, j])[0])
+        k = np.arange(dst_shape[j])
+        s = (perm[i, j] * k + np.rint(shift[i])).astype(int)
+        inside = (s >= 0) & (s < src.shape[i])
+        order.append(i)
+        dst_index.append(k[inside])
+        src_index.append(s[inside])
+    if all(len(k) for k in dst_index):
+        out[np.ix_(*dst_index)] = src.transpose(order)[np.ix_(*src_index)]
+    return out
+
+
+def like_reference(data: np.ndarray, reference: nib.Nifti1Image, dtype) -> nib.Nifti1Image:
+    """A NIfTI on exactly the reference's grid: its affine, qform and sform (with their codes) and units.
+
+    The header is new: no text field of the input (descrip, aux_file, intent name) is carried over.
+    """
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine)
+    img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    img.header.set_zooms(reference.header.get_zooms()[:3])
+    img.header.set_xyzt_units(*reference.header.get_xyzt_units())
+    return img
