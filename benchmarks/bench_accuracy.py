@@ -1,5 +1,10 @@
-"""Accuracy of fast inference: Dice of the project's inference settings against the MONAI baseline, with a
-trained model, on the test split of the synthetic manifest; seconds per case beside each.
+"""Accuracy with a trained model: fast inference against the MONAI baseline, and generalisation.
+
+* Fast inference: Dice of the project's inference settings against the MONAI baseline on the test split of the
+  synthetic manifest; seconds per case beside each.
+* Generalisation: the same model on the in-domain test split, on the shifted-domain test set (acquisitions
+  outside the training ranges, ``make data``), and on the in-domain test split re-sliced to ``--thickness`` mm
+  (:mod:`pipeline.data.reslice`): mean Dice, lesion F1, and the largest volume error of lesions over 5 mL.
 
 The model is ``--model`` (a checkpoint or bundle), else the newest best checkpoint of ``outputs/train``
 (``make train``), else one trained here for ``--epochs`` epochs into ``outputs/bench_model`` (kept for the
@@ -67,12 +72,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datalist", default=str(ROOT / "data_manifests" / "synthetic.json"))
     parser.add_argument("--model")
+    parser.add_argument("--shifted", default=str(ROOT / "data_manifests" / "shifted.json"),
+                        help="shifted-domain test manifest (skipped when missing)")
+    parser.add_argument("--thickness", type=float, default=4.5, help="re-slice the test split to this many mm")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--output", default=str(HERE / "results_accuracy.json"))
     args = parser.parse_args(argv)
     from bench_inference import MonaiBaseline
 
-    from pipeline.batch_inference import select_cases
+    from pipeline.data.manifest import select_cases
     from pipeline.inference import Predictor
 
     model = find_model(args.model, args.datalist, args.epochs)
@@ -87,10 +95,49 @@ def main(argv=None) -> int:
         results[name] = score(lambda c, p=predictor: p.predict_case(c)["mask"], cases)
         results[name]["dice_minus_baseline"] = results[name]["dice"] - results["baseline"]["dice"]
         print(name, round(results[name]["dice"], 4), flush=True)
+    results["generalisation"] = generalisation(fast, args.datalist, args.shifted, args.thickness)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     Path(args.output).with_suffix(".md").write_text(to_markdown(results))
     print(to_markdown(results))
     return 0
+
+
+def evaluate_set(predictor, cases: list[dict]) -> dict:
+    """Mean Dice and lesion F1 of the project's defaults, and each case's volumes (mL)."""
+    from pipeline.evaluation.metrics import dice, lesion_f1
+
+    rows = []
+    for case in cases:
+        label = nib.load(case["label"])
+        truth = np.asarray(label.dataobj) > 0
+        mask = predictor.predict_case(case)["mask"] > 0
+        voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000
+        rows.append(dict(id=case["id"], dice=dice(mask, truth), lesion_f1=lesion_f1(mask, truth),
+                         true_ml=float(truth.sum()) * voxel_ml, pred_ml=float(mask.sum()) * voxel_ml))
+    big = [r for r in rows if r["true_ml"] > 5]
+    return dict(cases=len(rows), dice=float(np.mean([r["dice"] for r in rows])),
+                lesion_f1=float(np.mean([r["lesion_f1"] for r in rows])),
+                max_volume_error_over_5ml=max((abs(r["pred_ml"] - r["true_ml"]) / r["true_ml"] for r in big),
+                                              default=None), rows=rows)
+
+
+def generalisation(predictor, datalist: str, shifted: str, thickness: float) -> dict:
+    """The model on the in-domain test split, the shifted-domain test set and the test split re-sliced."""
+    import tempfile
+
+    from pipeline.data.manifest import select_cases
+    from pipeline.data.reslice import reslice_manifest
+
+    out = {"in-domain": evaluate_set(predictor, select_cases(datalist, "testing"))}
+    if Path(shifted).is_file():
+        out["shifted"] = evaluate_set(predictor, select_cases(shifted, "testing"))
+    with tempfile.TemporaryDirectory() as tmp:
+        reslice_manifest(datalist, tmp, thickness)
+        out[f"in-domain re-sliced to {thickness:g} mm"] = evaluate_set(predictor, select_cases(
+            Path(tmp) / "manifest.json", "testing"))
+    for name, r in out.items():
+        print(f"{name}: Dice {r['dice']:.4f}, lesion F1 {r['lesion_f1']:.4f}", flush=True)
+    return out
 
 
 def to_markdown(r: dict) -> str:
@@ -101,6 +148,12 @@ def to_markdown(r: dict) -> str:
     for name in VARIANTS:
         v = r[name]
         lines.append(f"| {name} | {v['dice']:.4f} | {v['dice_minus_baseline']:+.4f} | {v['seconds_per_case']:.2f} |")
+    lines += ["", "Generalisation: the same model (project defaults) on data unlike its training data", "",
+              "| test set | cases | Dice | lesion F1 | largest volume error, lesions > 5 mL |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, g in r.get("generalisation", {}).items():
+        err = "" if g["max_volume_error_over_5ml"] is None else f"{100 * g['max_volume_error_over_5ml']:.0f}%"
+        lines.append(f"| {name} | {g['cases']} | {g['dice']:.4f} | {g['lesion_f1']:.4f} | {err} |")
     return "\n".join(lines) + "\n"
 
 

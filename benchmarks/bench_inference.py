@@ -64,14 +64,16 @@ def _case(root: Path, spacing: float) -> dict:
 
 class MonaiBaseline:
     """The MONAI-defaults pipeline the project is measured against: MONAI's stock transforms throughout
-    (``LoadImaged``, ``ResampleToMatchd`` of ADC and FLAIR onto DWI, ``Orientationd``, ``Spacingd``,
-    ``NormalizeIntensityd``), ``sliding_window_inference`` over the whole volume (overlap 0.5, Gaussian,
-    eager fp32, 4 windows a batch), ``ResampleToMatch`` of the probability back onto the DWI grid, threshold,
-    nibabel write. Same network, spacing and window as the project."""
+    (``LoadImaged``, ``ResampleToMatchd`` of ADC and FLAIR onto DWI, ``Orientationd``, ``Spacingd``), the
+    model's own normalisation (:func:`pipeline.data.normalise.normalisation`, MONAI MapTransforms: a model
+    trained on it needs it), ``sliding_window_inference`` over the whole volume (overlap 0.5, Gaussian, eager fp32, 4 windows a batch),
+    ``ResampleToMatch`` of the probability back onto the DWI grid, threshold, nibabel write. Same network,
+    spacing and window as the project."""
 
     def __init__(self, network, spacing: float, roi_size=(64, 64, 64), head: str = "softmax"):
         from monai import transforms as mt
 
+        from pipeline.data.normalise import normalisation
         from pipeline.data.transforms import RAS_LABELS
 
         self.network, self.roi_size, self.head = network.eval(), list(roi_size), head
@@ -81,7 +83,7 @@ class MonaiBaseline:
             mt.ResampleToMatchd(keys[1:], key_dst="dwi", mode="bilinear", padding_mode="zeros", dtype=np.float32),
             mt.ConcatItemsd(keys, "image"), mt.Orientationd("image", axcodes="RAS", labels=RAS_LABELS),
             mt.Spacingd("image", pixdim=[spacing] * 3, mode="bilinear", dtype=np.float32),
-            mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)])
+            *normalisation("image", crop_margin=None)])
 
     def predict_case(self, case: dict) -> dict:
         import nibabel as nib
@@ -90,7 +92,7 @@ class MonaiBaseline:
         from monai.inferers import sliding_window_inference
         from monai.transforms import ResampleToMatch
 
-        from pipeline.inference import logits_to_probability
+        from pipeline.inference.predictor import logits_to_probability
 
         reference = nib.load(case["image"][0])
         image = self.preprocess(dict(zip(["dwi", "adc", "flair"], case["image"], strict=True)))["image"]
@@ -137,7 +139,7 @@ def bench_network(case: dict, spacing: float, repeats: int) -> dict:
 
     from pipeline.data.transforms import val_transforms
     from pipeline.inference import Settings, lesion_probability
-    from pipeline.runtimes import compile_network
+    from pipeline.inference.runtimes import compile_network
 
     net, s = _network(), _settings(spacing)
     full = val_transforms(3, s.spacing, with_label=False, crop_to_head=False)(dict(case))["image"][None]
@@ -163,7 +165,7 @@ def bench_network(case: dict, spacing: float, repeats: int) -> dict:
 def runtime_of(settings) -> str:
     import torch
 
-    from pipeline.runtimes import resolve_runtime
+    from pipeline.inference.runtimes import resolve_runtime
 
     return resolve_runtime(settings.runtime, torch.device("cpu"))
 
@@ -173,8 +175,8 @@ CONFIGS = {"baseline": {"baseline": True}, "project": {}, "project_tta8": {"tta_
 
 def _runner(case: dict, spacing: float, overrides: dict):
     """A function that segments ``case`` into a folder, for one configuration."""
-    from pipeline.batch_inference import segment_cases
     from pipeline.inference import Predictor
+    from pipeline.inference.batch import segment_cases
 
     overrides = dict(overrides)
     if overrides.pop("baseline", False):

@@ -4,7 +4,8 @@
   precomputed in the cache, affine and elastic in one resampling of a region 1.25x the patch, the elastic field
   on a coarse control grid) against a naive MONAI chain on the same
   cached volume (elastic on the whole volume, indices recomputed by ``RandCropByPosNegLabeld`` each time), both
-  in this one process (= one worker), same augmentation probabilities (elastic and affine always on).
+  in this one process (= one worker), the shipped ``train.yaml`` augmentation with elastic and affine always on,
+  the naive chain doing each intensity augmentation with MONAI's stock transform at the same probability.
 * ``train_step_s``: forward + backward + AdamW step of the default 3D U-Net on 2 patches of 64^3.
 * ``flops``: the network's forward FLOPs per 64^3 window (torch's FlopCounterMode), this machine's measured
   fp32 matmul peak, and the fraction of it a forward pass achieves.
@@ -30,24 +31,46 @@ sys.path.insert(0, str(HERE))
 
 from bench_inference import _case, _network, _stats, _time  # noqa: E402
 
-ALWAYS = {"elastic": {"prob": 1.0}, "affine": {"prob": 1.0}, "flip": {"prob": 0.5}, "intensity_scale": {"prob": 0.3},
-          "noise": {"prob": 0.15}}
+
+def _always() -> dict:
+    """The shipped train.yaml's augmentation, with the costly spatial ones (elastic, affine) always on."""
+    import yaml
+
+    from pipeline.data.transforms import augment_settings
+
+    config = yaml.safe_load((HERE.parent / "bundles/stroke_mri_segmentation/configs/train.yaml").read_text())
+    augment = augment_settings(config["augment"])
+    augment["elastic"]["prob"] = augment["affine"]["prob"] = 1.0
+    return augment
+
+
+ALWAYS = _always()
 
 
 def _naive_chain(patch, spacing: float):
+    """Stock MONAI: elastic on the whole volume, indices found per draw, each intensity augmentation by its
+    MONAI transform at the project's probability."""
     from monai import transforms as mt
 
     from pipeline.data.transforms import deterministic
 
-    keys = ["image", "label"]
+    a, keys = ALWAYS, ["image", "label"]
+    low = a["low_resolution"]
     return mt.Compose(deterministic(3, [spacing] * 3) + [
-        mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True),
         mt.Rand3DElasticd(keys, sigma_range=(5, 8), magnitude_range=(40, 120), prob=1.0, rotate_range=[0.26] * 3,
                           scale_range=[0.1] * 3, mode=["bilinear", "nearest"], padding_mode="zeros"),
         mt.RandCropByPosNegLabeld(keys, "label", spatial_size=patch, pos=1, neg=1, num_samples=2),
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
-        mt.RandScaleIntensityd("image", factors=0.1, prob=0.3),
-        mt.RandGaussianNoised("image", prob=0.15, std=0.05),
+        mt.RandFlipd(keys, prob=a["flip"]["prob"], spatial_axis=0),
+        mt.RandSimulateLowResolutiond("image", prob=low["prob"], zoom_range=(1 / low["max_factor"],
+                                                                              1 / low["min_factor"])),
+        mt.RandAdjustContrastd("image", prob=a["gamma"]["prob"], gamma=a["gamma"]["gamma"], retain_stats=True),
+        mt.RandScaleIntensityFixedMeand("image", prob=a["contrast"]["prob"], factors=a["contrast"]["factors"]),
+        mt.RandScaleIntensityd("image", factors=a["brightness"]["factors"], prob=a["brightness"]["prob"]),
+        mt.RandShiftIntensityd("image", offsets=a["shift"]["offsets"], prob=a["shift"]["prob"]),
+        mt.RandBiasFieldd("image", coeff_range=a["bias_field"]["coeff_range"], prob=a["bias_field"]["prob"]),
+        mt.RandGaussianSmoothd("image", sigma_x=a["blur"]["sigma"], sigma_y=a["blur"]["sigma"],
+                               sigma_z=a["blur"]["sigma"], prob=a["blur"]["prob"]),
+        mt.RandGaussianNoised("image", prob=a["noise"]["prob"], std=a["noise"]["std"]),
     ])
 
 
@@ -108,7 +131,7 @@ def bench_flops(repeats: int) -> dict:
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
     matmul = _time(lambda: a @ b, repeats)
     peak = 2 * 4096**3 / matmul["median"]
-    from pipeline.runtimes import compile_network
+    from pipeline.inference.runtimes import compile_network
 
     compiled = compile_network(net, "openvino", torch.device("cpu"), 3, [64, 64, 64])
     with torch.no_grad():
