@@ -66,9 +66,10 @@ class MonaiBaseline:
     """The MONAI-defaults pipeline the project is measured against: MONAI's stock transforms throughout
     (``LoadImaged``, ``ResampleToMatchd`` of ADC and FLAIR onto DWI, ``Orientationd``, ``Spacingd``), the
     model's own normalisation (:func:`pipeline.data.normalise.normalisation`, MONAI MapTransforms: a model
-    trained on it needs it), ``sliding_window_inference`` over the whole volume (overlap 0.5, Gaussian, eager fp32, 4 windows a batch),
-    ``ResampleToMatch`` of the probability back onto the DWI grid, threshold, nibabel write. Same network,
-    spacing and window as the project."""
+    trained on it needs it), ``sliding_window_inference`` over the whole volume (overlap 0.5, Gaussian, eager
+    fp32, 4 windows a batch), ``ResampleToMatch`` of the probability back onto the DWI grid, threshold, nibabel
+    write. Same network, spacing and window as the project, which also runs the shipped restricted-diffusion
+    check."""
 
     def __init__(self, network, spacing: float, roi_size=(64, 64, 64), head: str = "softmax"):
         from monai import transforms as mt
@@ -127,7 +128,9 @@ def _network():
 
 def _settings(spacing: float, **overrides):
     from pipeline.inference import Settings
+    from pipeline.inference.diffusion_check import DEFAULT_CHECK
 
+    overrides.setdefault("diffusion_check", DEFAULT_CHECK)  # the shipped model's post-processing
     return Settings(roi_size=[64, 64, 64], channels=3, spacing=[spacing] * 3, **overrides)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
+from pipeline.inference.diffusion_check import restricted_diffusion
 from pipeline.inference.grid import to_grid
 from pipeline.inference.settings import Settings
 
@@ -183,6 +184,10 @@ class Predictor:
             head = (image != 0).any(0, keepdim=True)[None].to(prob.device)
             prob = prob * head
             var = var * head if var is not None else None
+        if s.diffusion_check:
+            checked, _ = restricted_diffusion(prob[0, 0].float().cpu().numpy(), image.numpy(), s.threshold,
+                                              _spacing(affine), **s.diffusion_check)
+            prob = torch.from_numpy(checked)[None, None]
         native = [to_grid(m[0, 0].float().cpu().numpy(), affine, reference) if m is not None else None
                   for m in (prob, var)]
         return np.clip(native[0], 0, 1), native[1], reference
@@ -196,3 +201,8 @@ class Predictor:
         components = int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1]) if mask.any() else 0
         return dict(mask=mask.astype(np.uint8), prob=prob.astype(np.float32), unc=unc, reference=reference,
                     lesion_ml=float(mask.sum()) * voxel_ml, components=components)
+
+
+def _spacing(affine: np.ndarray) -> list[float]:
+    """Voxel size (mm) along each axis of a 4x4 affine."""
+    return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]

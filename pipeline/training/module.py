@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.metrics import dice, lesion_f1
+from pipeline.inference.diffusion_check import restricted_diffusion
 from pipeline.inference.predictor import lesion_probability, remove_small_lesions
 from pipeline.models.losses import DeepSupervisionLoss
 
@@ -45,6 +46,8 @@ class LesionSegmentation(pl.LightningModule):
         inferer: ``{"overlap", "mode", "sw_batch_size"}`` for validation windows.
         threshold: probability above which a voxel is lesion.
         min_lesion_ml: lesions (26-connected) smaller than this are dropped, in validation as in inference.
+        diffusion_check: arguments of :func:`~pipeline.inference.diffusion_check.restricted_diffusion` (lesions
+            not bright on DWI and dark on ADC are dropped), in validation as in inference; None: off.
         val_images: how many validation cases to draw in the per-epoch picture.
         preprocessing: ``{"channels", "spacing", "register", "n4"}`` of the deterministic transforms, saved
             with checkpoints so inference prepares images the same way.
@@ -62,13 +65,14 @@ class LesionSegmentation(pl.LightningModule):
                  roi_size: Sequence[int] = (64, 64, 64), optimizer: dict | None = None, scheduler: dict | None = None,
                  inferer: dict | None = None, threshold: float = 0.5, min_lesion_ml: float = 0.0, val_images: int = 4,
                  preprocessing: dict | None = None, seed: int = 0, init_from: str | None = None,
-                 freeze_encoder_epochs: int = 0, regularization: dict | None = None, channels_last: bool = True):
+                 freeze_encoder_epochs: int = 0, regularization: dict | None = None, channels_last: bool = True,
+                 diffusion_check: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
         self.loss = DeepSupervisionLoss(loss)
         self.head, self.spatial_dims, self.roi_size, self.threshold = head, spatial_dims, list(roi_size), threshold
-        self.min_lesion_ml = min_lesion_ml
+        self.min_lesion_ml, self.diffusion_check = min_lesion_ml, diffusion_check
         # unset keys take build_optimizer's / build_scheduler's defaults, which are train.yaml's (tested)
         self.optimizer_cfg, self.scheduler_cfg = dict(optimizer or {}), dict(scheduler or {})
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
@@ -135,11 +139,16 @@ class LesionSegmentation(pl.LightningModule):
         self._scores: list[tuple[int, float, float]] = []
 
     def validation_step(self, batch, batch_idx):
-        prob = self.predict_probability(batch["image"])
-        pred = (prob >= self.threshold).cpu().numpy()
+        prob = self.predict_probability(batch["image"]).float().cpu().numpy()
+        affine = np.asarray(batch["image"].affine[0]) if hasattr(batch["image"], "affine") else np.eye(4)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)  # whole volumes, also for 2D nets
+        if self.diffusion_check:
+            images = torch.as_tensor(batch["image"]).float().cpu().numpy()
+            prob = np.stack([restricted_diffusion(p[0], image, self.threshold, spacing, **self.diffusion_check)[0][None]
+                             for p, image in zip(prob, images, strict=True)])
+        pred = prob >= self.threshold
         if self.min_lesion_ml > 0:
-            affine = np.asarray(batch["image"].affine[0]) if hasattr(batch["image"], "affine") else np.eye(4)
-            voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000  # whole volumes, also for 2D
+            voxel_ml = float(np.prod(spacing)) / 1000
             pred = np.stack([remove_small_lesions(p[0], voxel_ml, self.min_lesion_ml)[None] for p in pred])
         truth = (batch["label"] > 0.5).cpu().numpy()
         index = batch.get("case_index", torch.arange(len(pred)) + batch_idx * len(pred))
