@@ -50,22 +50,21 @@ def restricted_diffusion(prob: np.ndarray, image: np.ndarray, threshold: float, 
     if image.shape[0] <= max(dwi, adc) or not mask.any():
         return prob, 0
     radius = [int(np.ceil(ring_mm / float(s))) for s in spacing]
-    box = tuple(slice(max(int(i.min()) - r, 0), int(i.max()) + r + 1) for i, r in zip(np.nonzero(mask), radius,
-                                                                                          strict=True))
+    box = _bounding_box(mask, radius)
     labels, n = cc3d.connected_components(mask[box], connectivity=26, return_N=True)
     grown = ndimage.grey_dilation(labels, size=[2 * r + 1 for r in radius])  # ring voxels take a nearby lesion's id
-    ring = (grown > 0) & (labels == 0) & (image[(slice(None), *box)] != 0).any(0)
-    inside = labels > 0
+    ring_ids = np.where((labels == 0) & (image[(slice(None), *box)] != 0).any(0), grown, 0).ravel()
+    lesion_ids = labels.ravel()
 
-    def means(channel: int, where: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        values = image[channel][box][where]
-        counts = np.bincount(ids[where], minlength=n + 1)
-        return np.bincount(ids[where], weights=values, minlength=n + 1) / np.maximum(counts, 1), counts
+    def means(channel: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # per id; 0 is "neither"
+        values = np.ascontiguousarray(image[channel][box], dtype=np.float64).ravel()
+        counts = np.bincount(ids, minlength=n + 1)
+        return np.bincount(ids, weights=values, minlength=n + 1) / np.maximum(counts, 1), counts
 
-    adc_in, _ = means(adc, inside, labels)
-    adc_ring, ring_count = means(adc, ring, grown)
-    dwi_in, _ = means(dwi, inside, labels)
-    dwi_ring, _ = means(dwi, ring, grown)
+    adc_in, _ = means(adc, lesion_ids)
+    adc_ring, ring_count = means(adc, ring_ids)
+    dwi_in, _ = means(dwi, lesion_ids)
+    dwi_ring, _ = means(dwi, ring_ids)
     fail = (ring_count >= min_ring_voxels) & ((adc_in - adc_ring > -min_adc_drop) | (dwi_in - dwi_ring < min_dwi_rise))
     fail[0] = False
     if not fail.any():
@@ -74,3 +73,12 @@ def restricted_diffusion(prob: np.ndarray, image: np.ndarray, threshold: float, 
     out[box][fail[labels]] = 0
     log.debug("restricted-diffusion check dropped %d of %d lesions", int(fail.sum()), n)
     return out, int(fail.sum())
+
+
+def _bounding_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    """The box around ``mask``'s voxels, grown by ``margin`` voxels per axis (within the array)."""
+    box = []
+    for axis, m in enumerate(margin):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - m, 0), int(hit[-1]) + m + 1))
+    return tuple(box)
