@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -159,6 +160,9 @@ class StrokeDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is not None:
             return
+        # lesion-free training cases are expected: MONAI warns for each of their lesion-centred crops (workers
+        # inherit the filter)
+        warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
         if self.validate:
             self._gate()
         cases = [c for c in load_manifest(self.datalist, self.dataset_dir)["training"] if c["id"] not in self.exclude]

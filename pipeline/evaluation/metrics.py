@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import cc3d
@@ -71,11 +72,14 @@ def _surface(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tole
     if not pred.any() or not truth.any():
         return dict(hd95_mm=float("nan"), assd_mm=float("nan"), nsd=0.0)
     p, t, sp = _t(pred), _t(truth), [float(s) for s in spacing]
-    return dict(
-        hd95_mm=float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=sp)),
-        assd_mm=float(compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=sp)),
-        nsd=float(compute_surface_dice(p, t, [tolerance_mm], include_background=True, spacing=sp)),
-    )
+    with warnings.catch_warnings():  # MONAI 1.5 warns about its own internal use of a deprecated argument
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        return dict(
+            hd95_mm=float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=sp)),
+            assd_mm=float(compute_average_surface_distance(p, t, include_background=True, symmetric=True,
+                                                           spacing=sp)),
+            nsd=float(compute_surface_dice(p, t, [tolerance_mm], include_background=True, spacing=sp)),
+        )
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 2.0,
