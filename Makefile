@@ -28,11 +28,14 @@ PRED_DIR ?= outputs/predictions
 EVAL_DIR ?= outputs/evaluation
 SHIFTED_OUT ?= outputs/shifted
 BUNDLE ?= bundles/stroke_mri_segmentation
+TRAIN_CONFIG ?= $(BUNDLE)/configs/train.yaml
+# `make plan` writes the plan of MANIFEST here (and its fingerprint beside it); `make train PLAN=$(PLAN_OUT)` uses it
+PLAN_OUT ?= outputs/plans/$(basename $(notdir $(MANIFEST))).yaml
 # MODEL: a checkpoint or bundle for `make infer`; default: the best checkpoint of the last training.
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview train cv infer evaluate shifted bundle demo norm-study bench mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview plan train cv infer evaluate shifted bundle demo norm-study bench mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,11 +71,16 @@ validate: $(MANIFEST) ## check every file of MANIFEST
 preview: $(MANIFEST) ## PNG montage of a few cases of MANIFEST
 	$(PY) -m pipeline preview $(MANIFEST) --out $(DATA_DIR)/preview.png
 
-train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (ARGS="--ID VALUE ..." overrides the config)
-	$(PY) -m pipeline train --datalist $(MANIFEST) --output_dir $(TRAIN_DIR) $(ARGS)
+plan: $(MANIFEST) ## fingerprint MANIFEST and plan spacing, patch, DynUNet and batch for BUDGET=cpu -> PLAN_OUT
+	$(PY) -m pipeline plan --datalist $(MANIFEST) --budget $(or $(BUDGET),cpu) --out $(PLAN_OUT)
 
-cv: $(MANIFEST) ## FOLDS-fold cross-validation on MANIFEST into CV_DIR (ARGS="--ID VALUE ..." overrides the config)
-	$(PY) -m pipeline cv --folds $(or $(FOLDS),5) --datalist $(MANIFEST) --output_dir $(or $(CV_DIR),outputs/cv) $(ARGS)
+train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (PLAN=outputs/plans/x.yaml merges a plan; ARGS="--ID VALUE ...")
+	$(PY) -m pipeline train $(if $(PLAN),--config $(TRAIN_CONFIG) $(PLAN)) --datalist $(MANIFEST) \
+	  --output_dir $(TRAIN_DIR) $(ARGS)
+
+cv: $(MANIFEST) ## FOLDS-fold cross-validation on MANIFEST into CV_DIR (PLAN= as for train; ARGS="--ID VALUE ...")
+	$(PY) -m pipeline cv --folds $(or $(FOLDS),5) $(if $(PLAN),--config $(TRAIN_CONFIG) --config $(PLAN)) \
+	  --datalist $(MANIFEST) --output_dir $(or $(CV_DIR),outputs/cv) $(ARGS)
 
 infer: $(MANIFEST) ## segment MANIFEST's test split with MODEL (default: the last training's best) into PRED_DIR
 	@model="$${MODEL:-$(LAST_BEST)}"; \

@@ -128,7 +128,7 @@ def _inference_commands(sub) -> None:
 
 
 def _training_commands(sub) -> None:
-    """export, cv, mlflow-sync, train, study."""
+    """export, cv, mlflow-sync, train, plan, study."""
     p = sub.add_parser("export", help="write a bundle's model.pt/model.ts from a checkpoint and verify the bundle")
     p.add_argument("--checkpoint", required=True, help="a .ckpt from training, or a cross-validation folder "
                    "(exports the fold ensemble with its chosen post-processing)")
@@ -156,6 +156,18 @@ def _training_commands(sub) -> None:
                    "(default: bundles/stroke_mri_segmentation/configs/train.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from output_dir's last checkpoint and MLflow run")
     p.set_defaults(func=commands.train, takes_overrides=True)
+
+    p = sub.add_parser("plan", help="fingerprint a manifest's training cases and write a config overlay (spacing, "
+                       "patch, DynUNet, batch) for the budget", epilog="example: python -m pipeline plan --datalist "
+                       "data_manifests/synthetic.json --budget cpu --out configs/plans/synthetic.yaml; then: "
+                       "python -m pipeline train --config bundles/stroke_mri_segmentation/configs/train.yaml "
+                       "configs/plans/synthetic.yaml")
+    p.add_argument("--datalist", required=True, help="manifest JSON; its training cases are read once")
+    p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
+    p.add_argument("--budget", default="cpu", help="cpu (default), gpu-8gb or gpu-24gb")
+    p.add_argument("--out", required=True, help="overlay YAML to write; NAME_fingerprint.json (and NAME_2d.yaml "
+                   "for thick-slice data) beside it")
+    p.set_defaults(func=commands.plan)
 
     p = sub.add_parser("study", help="train config variants for the same budget; table and plot of Dice, time, "
                        "memory", epilog="example: python -m pipeline study --variants "

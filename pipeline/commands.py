@@ -75,6 +75,27 @@ def train(args, overrides: list[str]) -> int:
     return EXIT_OK
 
 
+def plan(args) -> int:
+    from pipeline.data.fingerprint import fingerprint_manifest
+    from pipeline.io import write_json_atomic, write_yaml_atomic
+    from pipeline.training.plan import make_plan, plan_overlay
+
+    found = fingerprint_manifest(args.datalist, args.dataset_dir)
+    cases = found["cases"]
+    chosen = make_plan([c["spacing_mm"] for c in cases], [c["cropped_shape"] for c in cases], args.budget)
+    out = Path(args.out)
+    fingerprint = write_json_atomic(found, out.with_name(out.stem + "_fingerprint.json"))
+    write_yaml_atomic({**plan_overlay(chosen), "plan": chosen, "plan_fingerprint": str(fingerprint)}, out)
+    print(f"{len(cases)} cases -> spacing {chosen['target_spacing']} mm, patch {chosen['patch_size']}, "
+          f"{len(chosen['strides']) - 1} poolings, filters {chosen['filters']}, batch {chosen['batch_size']}")
+    print(f"wrote {out} and {fingerprint}")
+    if "plan_2d" in chosen:
+        two_d = write_yaml_atomic({**plan_overlay(chosen, two_d=True), "plan": chosen,
+                                   "plan_fingerprint": str(fingerprint)}, out.with_name(out.stem + "_2d.yaml"))
+        print(f"thick slices: a 2D alternative in {two_d}")
+    return EXIT_OK
+
+
 def study(args, overrides: list[str]) -> int:
     from pipeline.training.experiment import parse_overrides
     from pipeline.training.study import run_study

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-__all__ = ["atomic_path", "save_nifti_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "save_nifti_atomic", "write_json_atomic", "write_yaml_atomic"]
 
 
 @contextmanager
@@ -45,6 +45,16 @@ def save_nifti_atomic(img: nib.Nifti1Image, path: str | Path) -> Path:
     """Write a NIfTI image to a temporary name, then rename it into place."""
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
+    return Path(path)
+
+
+def write_yaml_atomic(data, path: str | Path) -> Path:
+    """Write YAML (block style, keys in the given order) atomically."""
+    import yaml
+
+    with atomic_path(path) as tmp:
+        plain = json.loads(json.dumps(data))  # no shared objects, so no YAML anchors in the file
+        tmp.write_text(yaml.safe_dump(plain, sort_keys=False, default_flow_style=None))
     return Path(path)
 
 

@@ -183,6 +183,11 @@ def log_run_context(logger, output_dir: str | Path, datalist: str | None = None,
         client.set_tag(run_id, key, value)
     if config_file and Path(config_file).is_file():
         client.log_artifact(run_id, str(config_file), "config")
+        import yaml
+
+        fingerprint = (yaml.safe_load(Path(config_file).read_text()) or {}).get("plan_fingerprint")
+        if fingerprint and Path(fingerprint).is_file():  # a planned run: the data it was planned from
+            client.log_artifact(run_id, str(fingerprint), "plan")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / RUN_ID_FILE).write_text(run_id + "\n")
 

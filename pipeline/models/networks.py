@@ -54,18 +54,24 @@ def norm_layer(norm: str, groups: int = 8):
 def build_network(name: str = "unet", spatial_dims: int = 3, in_channels: int = 3, head: str = "softmax",
                   channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] = (2, 2, 2),
                   num_res_units: int = 2, norm: str = "instance", groups: int = 8, dropout: float = 0.0,
-                  deep_supervision: bool = False, deep_supr_num: int = 2) -> torch.nn.Module:
+                  deep_supervision: bool = False, deep_supr_num: int = 2,
+                  kernel_sizes: Sequence[Sequence[int]] | None = None) -> torch.nn.Module:
     """Build ``unet`` (monai.networks.nets.UNet), ``dynunet`` (monai.networks.nets.DynUNet) or
     ``classic_unet`` (valid convolutions; ``channels`` are its widths per level, its pooling is always 2x2,
-    ``num_res_units`` > 0 adds residual connections)."""
+    ``num_res_units`` > 0 adds residual connections).
+
+    For ``dynunet`` a stride may be per axis (``[2, 2, 1]``: no pooling across thick slices) and
+    ``kernel_sizes`` gives each level's kernel per axis (default 3 everywhere), as a plan writes them."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, not {spatial_dims}")
     if len(strides) != len(channels) - 1 and name != "classic_unet":
         raise ValueError(f"need one stride per down-sampling: {len(channels)} channels, {len(strides)} strides")
     n_out = out_channels(head)
     config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels, head=head, channels=list(channels),
-                  strides=list(strides), num_res_units=num_res_units, norm=norm, groups=groups, dropout=dropout,
-                  deep_supervision=deep_supervision, deep_supr_num=deep_supr_num)
+                  strides=[list(v) if isinstance(v, Sequence) else v for v in strides], num_res_units=num_res_units,
+                  norm=norm, groups=groups, dropout=dropout, deep_supervision=deep_supervision,
+                  deep_supr_num=deep_supr_num,
+                  kernel_sizes=[list(k) for k in kernel_sizes] if kernel_sizes else None)
     net = _build(config, n_out)
     net.build_config = config  # saved with checkpoints, so inference can rebuild the net
     return net
@@ -86,10 +92,11 @@ def _build(c: dict, n_out: int) -> torch.nn.Module:
                     strides=list(strides), num_res_units=num_res_units, norm=norm_layer(norm, groups),
                     dropout=dropout)
     if name == "dynunet":
-        kernels = [[3] * spatial_dims] * len(channels)
+        kernels = c.get("kernel_sizes") or [[3] * spatial_dims] * len(channels)
+        per_axis = [list(s) if isinstance(s, Sequence) else [s] * spatial_dims for s in strides]
         return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=n_out,
-                       kernel_size=kernels, strides=[[1] * spatial_dims] + [[s] * spatial_dims for s in strides],
-                       upsample_kernel_size=[[s] * spatial_dims for s in strides], filters=list(channels),
+                       kernel_size=kernels, strides=[[1] * spatial_dims] + per_axis,
+                       upsample_kernel_size=per_axis, filters=list(channels),
                        norm_name=norm_layer(norm, groups), dropout=dropout or None, res_block=num_res_units > 0,
                        deep_supervision=c["deep_supervision"], deep_supr_num=c["deep_supr_num"])
     raise ValueError(f"network name must be 'unet', 'dynunet' or 'classic_unet', not {name!r}")

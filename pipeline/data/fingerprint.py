@@ -1,0 +1,88 @@
+"""Dataset fingerprint: what a planner needs to know about a training set, each case read once.
+
+Per case: voxel spacing and shape in RAS axis order (the order training resamples into), the shape of the head's
+bounding box (what is left after cropping), per-channel intensity statistics inside the head, and the lesions'
+count and volumes (26-connected). nnU-Net's fingerprint (``nnunetv2/experiment_planning``) is the model; the
+head mask is the one normalisation uses, so "foreground" means the same thing in both.
+
+Example:
+    >>> fp = fingerprint_manifest("data_manifests/synthetic.json")  # doctest: +SKIP
+    >>> fp["cases"][0]["spacing_mm"]  # doctest: +SKIP
+    [2.0, 2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cc3d
+import nibabel as nib
+import numpy as np
+
+from pipeline.data.checks import validate_manifest
+from pipeline.data.manifest import load_manifest
+from pipeline.data.normalise import head_mask
+from pipeline.errors import InputError
+
+__all__ = ["case_fingerprint", "fingerprint_manifest", "ras_spacing_and_shape"]
+
+PERCENTILES = (0.5, 50.0, 99.5)
+
+
+def ras_spacing_and_shape(img: nib.spatialimages.SpatialImage) -> tuple[list[float], list[int]]:
+    """Voxel size (mm) and shape along the RAS axes, whatever the file's voxel order."""
+    ornt = nib.orientations.io_orientation(img.affine)
+    zooms, shape = img.header.get_zooms()[:3], img.shape[:3]
+    spacing, size = [0.0] * 3, [0] * 3
+    for voxel_axis, (world_axis, _) in enumerate(ornt.astype(int)):
+        spacing[world_axis], size[world_axis] = float(zooms[voxel_axis]), int(shape[voxel_axis])
+    return spacing, size
+
+
+def case_fingerprint(case: dict) -> dict:
+    """Spacing, shape, cropped shape, per-channel head statistics and lesions of one training case."""
+    images = [nib.load(p) for p in case["image"]]
+    spacing, shape = ras_spacing_and_shape(images[0])
+    reference = np.asanyarray(images[0].dataobj, dtype=np.float32)
+    head = head_mask(reference, images[0].header.get_zooms()[:3])
+    nonzero = np.nonzero(head.any(axis=(1, 2)))[0], np.nonzero(head.any(axis=(0, 2)))[0], \
+        np.nonzero(head.any(axis=(0, 1)))[0]
+    cropped_voxels = [int(ix[-1] - ix[0] + 1) if len(ix) else 0 for ix in nonzero]
+    ornt = nib.orientations.io_orientation(images[0].affine).astype(int)
+    cropped = [0] * 3
+    for voxel_axis, (world_axis, _) in enumerate(ornt):
+        cropped[world_axis] = cropped_voxels[voxel_axis]
+    channels = []
+    for img in images:
+        values = np.asanyarray(img.dataobj, dtype=np.float32)
+        inside = values[head] if values.shape[:3] == head.shape else values[values != 0]
+        lo, mid, hi = (float(v) for v in np.percentile(inside, PERCENTILES)) if inside.size else (0.0, 0.0, 0.0)
+        channels.append(dict(mean=float(inside.mean()) if inside.size else 0.0,
+                             std=float(inside.std()) if inside.size else 0.0, p00_5=lo, median=mid, p99_5=hi))
+    out = dict(id=str(case["id"]), spacing_mm=spacing, shape=shape, cropped_shape=cropped, channels=channels)
+    if case.get("label"):
+        label = nib.load(case["label"])
+        mask = np.asanyarray(label.dataobj) > 0.5
+        voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000
+        _, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+        sizes = cc3d.statistics(cc3d.connected_components(mask, connectivity=26))["voxel_counts"][1:] if n else []
+        out["lesions"] = dict(count=int(n), total_ml=float(mask.sum()) * voxel_ml,
+                              volumes_ml=sorted((float(s) * voxel_ml for s in sizes), reverse=True))
+    return out
+
+
+def fingerprint_manifest(path: str | Path, dataset_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """The fingerprint of a manifest's training cases; a case that fails validation stops it with one line
+    naming the case and the file (the rules of ``python -m pipeline validate``)."""
+    from tqdm.auto import tqdm
+
+    errors = [p for p in validate_manifest(path, dataset_dir, progress=progress, splits=("training",))
+              if p.severity == "error"]
+    if errors:
+        raise InputError(f"{len(errors)} training file(s) fail validation, first: {errors[0]}; "
+                         "fix them or run: python -m pipeline validate " + str(path))
+    cases = load_manifest(path, dataset_dir).get("training", [])
+    if not cases:
+        raise InputError(f"{path}: no training cases to plan from (a plan is made from the data a model trains on)")
+    rows = [case_fingerprint(c) for c in tqdm(cases, desc="fingerprint", unit="case", disable=not progress)]
+    return dict(manifest=str(path), cases=rows)
