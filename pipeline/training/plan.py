@@ -6,9 +6,10 @@ Rules (sources: Isensee et al., nnU-Net, Nature Methods 2021, and ``nnunetv2/exp
   slices), that axis takes its 10th percentile instead, and never less than the finest in-plane spacing.
 * Normalisation: every MR channel is z-scored inside the head after percentile clipping (``normalise``);
   MR intensities have no absolute scale, ADC's units differ between sites.
-* Network (DynUNet): an axis is pooled (stride 2) while its feature map is at least ``min_feature_map`` x 2
-  voxels and its spacing is within 2x of the finest current spacing; an axis coarser than that gets kernel 1
-  (3x3x1 convolutions on thick slices), up to ``max_levels`` poolings. Filters double per level from the
+* Network (DynUNet on GPU budgets, MONAI's UNet with the same per-axis strides on CPU): an axis is pooled
+  (stride 2) while its feature map is at least ``min_feature_map`` x 2 voxels and its spacing is within 2x
+  of the finest current spacing; an axis coarser than that gets kernel 1 (3x3x1 convolutions on thick
+  slices), up to ``max_levels`` poolings. Filters double per level from the
   budget's base, capped at its maximum.
 * Patch: the median cropped shape at the target spacing, shrunk along its longest physical axis until it fits
   the budget's voxels, each axis a multiple of its total stride.
@@ -34,13 +35,15 @@ __all__ = ["BUDGETS", "ANISOTROPY", "target_spacing", "pooling", "fit_patch", "m
 ANISOTROPY = 3.0
 # voxels per patch, batch, filters: cpu = what trains on 2 cores in minutes (the fixed default's 64^3);
 # gpu-Ngb from nnU-Net's reference configuration (128^3 x 2 with 32-320 filters fits ~8-11 GB with AMP)
+# network: on CPU MONAI's UNet (strided convolutions, per-axis strides) -- a training step of DynUNet (two
+# full-resolution convolutions per level) measured 8x slower at the same patch on 2 cores (1.26 s vs 0.21 s)
 BUDGETS = {
     "cpu": dict(patch_voxels=64 ** 3, batch_size=2, base_filters=16, max_filters=128, patch_pixels_2d=128 ** 2,
-                batch_size_2d=8),
+                batch_size_2d=8, network="unet"),
     "gpu-8gb": dict(patch_voxels=112 ** 3, batch_size=2, base_filters=32, max_filters=320, patch_pixels_2d=256 ** 2,
-                    batch_size_2d=12),
+                    batch_size_2d=12, network="dynunet"),
     "gpu-24gb": dict(patch_voxels=160 ** 3, batch_size=2, base_filters=32, max_filters=320, patch_pixels_2d=512 ** 2,
-                     batch_size_2d=12),
+                     batch_size_2d=12, network="dynunet"),
 }
 
 
@@ -102,8 +105,9 @@ def make_plan(spacings: Sequence[Sequence[float]], cropped_shapes: Sequence[Sequ
     median_shape = [float(v) for v in np.median(physical, axis=0) / np.asarray(target)]
     patch = fit_patch(median_shape, target, b["patch_voxels"])
     strides, kernels = pooling(target, patch)
-    plan = dict(budget=budget, target_spacing=target, median_shape=[round(v, 1) for v in median_shape],
-                patch_size=patch, strides=strides, kernel_sizes=kernels,
+    plan = dict(budget=budget, network=b["network"], target_spacing=target,
+                median_shape=[round(v, 1) for v in median_shape], patch_size=patch, strides=strides,
+                kernel_sizes=kernels,
                 filters=_filters(len(strides), b["base_filters"], b["max_filters"]), batch_size=b["batch_size"],
                 normalise="z-score inside the head, 0.5-99.5 percentile clipping, per channel")
     if max(target) > ANISOTROPY * min(target):
@@ -121,7 +125,8 @@ def plan_overlay(plan: dict, two_d: bool = False) -> dict:
         overlay.update(spatial_dims=2, patch_size_2d=plan["plan_2d"]["patch_size"],
                        batch_size=plan["plan_2d"]["batch_size"])
         return overlay
-    overlay.update({"patch_size_3d": plan["patch_size"], "network_def#name": "dynunet",
-                    "network_def#channels": plan["filters"], "network_def#strides": plan["strides"][1:],
-                    "network_def#kernel_sizes": plan["kernel_sizes"]})  # '#': merged into train.yaml's network
-    return overlay
+    overlay.update({"patch_size_3d": plan["patch_size"], "network_def#name": plan["network"],
+                    "network_def#channels": plan["filters"], "network_def#strides": plan["strides"][1:]})
+    if plan["network"] == "dynunet":  # MONAI's UNet has one kernel size; its strides carry the anisotropy
+        overlay["network_def#kernel_sizes"] = plan["kernel_sizes"]
+    return overlay  # '#' keys merge into train.yaml's network_def
