@@ -13,6 +13,8 @@ Rules (sources: Isensee et al., nnU-Net, Nature Methods 2021, and ``nnunetv2/exp
   budget's base, capped at its maximum.
 * Patch: the median cropped shape at the target spacing, shrunk along its longest physical axis until it fits
   the budget's voxels, each axis a multiple of its total stride.
+* CPU budget: nnU-Net's 3d_lowres spacing is the plan (a cascade is beyond 2 cores): the spacing is
+  coarsened, finest axes first, until the median head holds at most 4 patches.
 * Batch size: the budget's (2 for 3D, as nnU-Net's minimum); a 2D plan is added when the target spacing is
   anisotropic (slices more than 3x thicker than the in-plane spacing).
 
@@ -30,20 +32,22 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-__all__ = ["BUDGETS", "ANISOTROPY", "target_spacing", "pooling", "fit_patch", "make_plan", "plan_overlay"]
+__all__ = ["BUDGETS", "ANISOTROPY", "target_spacing", "lowres_spacing", "pooling", "fit_patch", "make_plan",
+           "plan_overlay"]
 
 ANISOTROPY = 3.0
+LOWRES_RATIO = 4.0  # nnU-Net: a 3d_lowres configuration when the median image holds more than 4 patches
 # voxels per patch, batch, filters: cpu = what trains on 2 cores in minutes (the fixed default's 64^3);
 # gpu-Ngb from nnU-Net's reference configuration (128^3 x 2 with 32-320 filters fits ~8-11 GB with AMP)
 # network: on CPU MONAI's UNet (strided convolutions, per-axis strides) -- a training step of DynUNet (two
 # full-resolution convolutions per level) measured 8x slower at the same patch on 2 cores (1.26 s vs 0.21 s)
 BUDGETS = {
     "cpu": dict(patch_voxels=64 ** 3, batch_size=2, base_filters=16, max_filters=128, patch_pixels_2d=128 ** 2,
-                batch_size_2d=8, network="unet"),
+                batch_size_2d=8, network="unet", lowres=True),
     "gpu-8gb": dict(patch_voxels=112 ** 3, batch_size=2, base_filters=32, max_filters=320, patch_pixels_2d=256 ** 2,
-                    batch_size_2d=12, network="dynunet"),
+                    batch_size_2d=12, network="dynunet", lowres=False),
     "gpu-24gb": dict(patch_voxels=160 ** 3, batch_size=2, base_filters=32, max_filters=320, patch_pixels_2d=512 ** 2,
-                     batch_size_2d=12, network="dynunet"),
+                     batch_size_2d=12, network="dynunet", lowres=False),
 }
 
 
@@ -90,6 +94,20 @@ def fit_patch(median_shape: Sequence[float], spacing: Sequence[float], max_voxel
         patch[axis] = max(patch[axis] - int(divisor[axis]), int(divisor[axis]))
 
 
+def lowres_spacing(spacing: Sequence[float], extent_mm: Sequence[float], patch_voxels: int,
+                   max_ratio: float = LOWRES_RATIO, step: float = 1.03) -> list[float]:
+    """nnU-Net's 3d_lowres rule: coarsen the spacing (finest axes first, 3% a step) until the median head
+    holds at most ``max_ratio`` patches, so a patch sees enough of the head to learn from."""
+    current, extent = np.asarray(spacing, float), np.asarray(extent_mm, float)
+    while np.prod(extent / current) > max_ratio * patch_voxels:
+        fine = current < current.max()
+        if fine.any():
+            current[fine] = np.minimum(current[fine] * step, current.max())
+        else:
+            current *= step
+    return [round(float(s), 3) for s in current]
+
+
 def _filters(levels: int, base: int, cap: int) -> list[int]:
     return [min(base * 2 ** i, cap) for i in range(levels)]
 
@@ -100,12 +118,13 @@ def make_plan(spacings: Sequence[Sequence[float]], cropped_shapes: Sequence[Sequ
     if budget not in BUDGETS:
         raise ConfigError(f"budget must be one of {sorted(BUDGETS)}, not {budget!r}")
     b = BUDGETS[budget]
-    target = target_spacing(spacings)
-    physical = np.asarray(cropped_shapes, float) * np.asarray(spacings, float)
-    median_shape = [float(v) for v in np.median(physical, axis=0) / np.asarray(target)]
+    fullres = target_spacing(spacings)
+    physical = np.median(np.asarray(cropped_shapes, float) * np.asarray(spacings, float), axis=0)
+    target = lowres_spacing(fullres, physical, b["patch_voxels"]) if b["lowres"] else fullres
+    median_shape = [float(v) for v in physical / np.asarray(target)]
     patch = fit_patch(median_shape, target, b["patch_voxels"])
     strides, kernels = pooling(target, patch)
-    plan = dict(budget=budget, network=b["network"], target_spacing=target,
+    plan = dict(budget=budget, network=b["network"], fullres_spacing=fullres, target_spacing=target,
                 median_shape=[round(v, 1) for v in median_shape], patch_size=patch, strides=strides,
                 kernel_sizes=kernels,
                 filters=_filters(len(strides), b["base_filters"], b["max_filters"]), batch_size=b["batch_size"],

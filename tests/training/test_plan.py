@@ -8,7 +8,7 @@ import yaml
 
 from conftest import ROOT, run_cli, write_nifti
 from pipeline.errors import ConfigError
-from pipeline.training.plan import fit_patch, make_plan, plan_overlay, pooling, target_spacing
+from pipeline.training.plan import fit_patch, lowres_spacing, make_plan, plan_overlay, pooling, target_spacing
 
 
 def test_target_spacing_is_the_median_unless_one_axis_is_thick():
@@ -44,9 +44,20 @@ def test_the_patch_shrinks_to_the_budget_and_divides_by_the_strides():
     assert fit_patch([40, 40, 40], [2.0, 2.0, 2.0], 64 ** 3) == [40, 40, 40]  # small images: the whole crop
 
 
+def test_cpu_plans_take_the_lowres_spacing_at_which_four_patches_hold_the_median_head():
+    # 160 x 192 x 160 mm at 1 mm is 18.75 patches of 64^3: every axis coarsened by 3% steps to 1.702 mm
+    # (1.03^18 = 1.702: 3.8 patches; one step earlier, 1.653 mm, still 4.15)
+    assert lowres_spacing([1.0, 1.0, 1.0], [160, 192, 160], 64 ** 3) == [1.702, 1.702, 1.702]
+    assert lowres_spacing([2.0, 2.0, 2.0], [160, 190, 160], 64 ** 3) == [2.0, 2.0, 2.0]  # already coarse enough
+    assert lowres_spacing([1.0, 1.0, 5.0], [200, 200, 150], 64 ** 3)[2] == 5.0  # the thick axis is left alone
+    gpu = make_plan([[1.0] * 3] * 2, [[160, 192, 160]] * 2, "gpu-8gb")
+    assert gpu["target_spacing"] == [1.0, 1.0, 1.0]  # GPU budgets keep the full resolution
+
+
 def test_a_plan_and_its_overlays():
     plan = make_plan([[0.9, 0.9, 5.0]] * 4, [[200, 230, 30]] * 4, "cpu")
-    assert plan["target_spacing"] == [0.9, 0.9, 5.0] and plan["batch_size"] == 2
+    assert plan["fullres_spacing"] == [0.9, 0.9, 5.0] and plan["batch_size"] == 2
+    assert plan["target_spacing"] == [1.043, 1.043, 5.0]  # cpu: coarsened in-plane until 4 patches hold the head
     assert plan["filters"][:4] == [16, 32, 64, 128] and len(plan["filters"]) == len(plan["strides"])
     assert plan["plan_2d"] == {"patch_size": [128, 128], "batch_size": 8}  # anisotropic: a 2D alternative
     overlay = plan_overlay(plan)
