@@ -29,6 +29,9 @@ def domain_table(evaluations: dict[str, str | Path]) -> str:
     for name, folder in evaluations.items():
         summary = _summary(folder)
         m = summary["metrics"]
+        if "dice" not in m:
+            raise InputError(f"{name}: no case was scored ({len(summary.get('failures', []))} failed; see "
+                             "failures in summary.json)", path=str(Path(folder) / "summary.json"))
         ci = m["dice"]["ci95"] or [float("nan")] * 2
         free = summary.get("lesion_free", {"cases": 0, "with_false_lesion": 0})
         lines.append(f"| {name} | {summary['cases']} | {m['dice']['mean']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | "

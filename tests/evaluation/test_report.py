@@ -92,3 +92,12 @@ def _rows(path):
 
     with open(path, newline="") as f:
         return [{k: float(v) if k != "id" else v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def test_compare_refuses_an_evaluation_that_scored_no_case_in_one_line(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "summary.json").write_text(json.dumps(
+        {"cases": 0, "metrics": {}, "failures": [{"id": "a", "reason": "prediction: missing file"}]}))
+    result = run_cli("compare", f"planned={tmp_path / 'e'}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "planned: no case was scored (1 failed" in result.stderr
