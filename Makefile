@@ -35,7 +35,7 @@ PLAN_OUT ?= outputs/plans/$(basename $(notdir $(MANIFEST))).yaml
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview plan train cv infer evaluate shifted bundle demo norm-study bench mlflow-ui test test-fast lint clean
+.PHONY: help install data validate preview plan train cv infer evaluate shifted bundle demo norm-study bench bench-plan mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -128,6 +128,9 @@ bench: $(MANIFEST) ## speed, memory and Dice vs MONAI baselines -> benchmarks/re
 	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_training.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_accuracy.py --datalist $(MANIFEST) $(if $(MODEL),--model $(MODEL))
+
+bench-plan: $(STAMP) ## planned vs fixed configuration on 1 mm and 5 mm-slice synthetic sets -> benchmarks/results_plan.md (~15 min)
+	$(PY) benchmarks/bench_plan.py $(if $(EPOCHS),--epochs $(EPOCHS))
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
