@@ -29,14 +29,18 @@ __all__ = ["case_fingerprint", "fingerprint_manifest", "ras_spacing_and_shape"]
 PERCENTILES = (0.5, 50.0, 99.5)
 
 
+def _ras_order(img: nib.spatialimages.SpatialImage, per_voxel_axis) -> list:
+    """Values given per voxel axis of ``img``, re-ordered to the RAS axes those voxel axes run along."""
+    out = [None] * 3
+    for voxel_axis, (world_axis, _) in enumerate(nib.orientations.io_orientation(img.affine).astype(int)):
+        out[world_axis] = per_voxel_axis[voxel_axis]
+    return out
+
+
 def ras_spacing_and_shape(img: nib.spatialimages.SpatialImage) -> tuple[list[float], list[int]]:
     """Voxel size (mm) and shape along the RAS axes, whatever the file's voxel order."""
-    ornt = nib.orientations.io_orientation(img.affine)
-    zooms, shape = img.header.get_zooms()[:3], img.shape[:3]
-    spacing, size = [0.0] * 3, [0] * 3
-    for voxel_axis, (world_axis, _) in enumerate(ornt.astype(int)):
-        spacing[world_axis], size[world_axis] = float(zooms[voxel_axis]), int(shape[voxel_axis])
-    return spacing, size
+    return (_ras_order(img, [float(z) for z in img.header.get_zooms()[:3]]),
+            _ras_order(img, [int(n) for n in img.shape[:3]]))
 
 
 def case_fingerprint(case: dict) -> dict:
@@ -45,16 +49,11 @@ def case_fingerprint(case: dict) -> dict:
     spacing, shape = ras_spacing_and_shape(images[0])
     reference = np.asanyarray(images[0].dataobj, dtype=np.float32)
     head = head_mask(reference, images[0].header.get_zooms()[:3])
-    nonzero = np.nonzero(head.any(axis=(1, 2)))[0], np.nonzero(head.any(axis=(0, 2)))[0], \
-        np.nonzero(head.any(axis=(0, 1)))[0]
-    cropped_voxels = [int(ix[-1] - ix[0] + 1) if len(ix) else 0 for ix in nonzero]
-    ornt = nib.orientations.io_orientation(images[0].affine).astype(int)
-    cropped = [0] * 3
-    for voxel_axis, (world_axis, _) in enumerate(ornt):
-        cropped[world_axis] = cropped_voxels[voxel_axis]
+    extent = [np.flatnonzero(head.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    cropped = _ras_order(images[0], [int(ix[-1] - ix[0] + 1) if len(ix) else 0 for ix in extent])
     channels = []
-    for img in images:
-        values = np.asanyarray(img.dataobj, dtype=np.float32)
+    for index, img in enumerate(images):
+        values = reference if index == 0 else np.asanyarray(img.dataobj, dtype=np.float32)
         inside = values[head] if values.shape[:3] == head.shape else values[values != 0]
         lo, mid, hi = (float(v) for v in np.percentile(inside, PERCENTILES)) if inside.size else (0.0, 0.0, 0.0)
         channels.append(dict(mean=float(inside.mean()) if inside.size else 0.0,
@@ -64,8 +63,8 @@ def case_fingerprint(case: dict) -> dict:
         label = nib.load(case["label"])
         mask = np.asanyarray(label.dataobj) > 0.5
         voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000
-        _, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
-        sizes = cc3d.statistics(cc3d.connected_components(mask, connectivity=26))["voxel_counts"][1:] if n else []
+        labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+        sizes = cc3d.statistics(labels)["voxel_counts"][1:] if n else []
         out["lesions"] = dict(count=int(n), total_ml=float(mask.sum()) * voxel_ml,
                               volumes_ml=sorted((float(s) * voxel_ml for s in sizes), reverse=True))
     return out

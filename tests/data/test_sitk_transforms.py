@@ -1,21 +1,11 @@
-"""The fast inference path gives what the plain MONAI path gives: grid copies, SimpleITK resampling,
-ONNX runtimes, and 8-fold mirroring."""
+"""SimpleITK resampling of the other channels onto the first one's grid, checked against MONAI."""
 
 import numpy as np
 from monai import transforms as mt
 
-from conftest import write_nifti
+from conftest import lps_affine, write_nifti
 from pipeline.data.checks import LoadCheckedd
 from pipeline.data.sitk_transforms import ResampleToGridd
-
-
-def _lps_affine(spacing=(1.2, 0.9, 3.0), degrees=0.0):
-    a = np.deg2rad(degrees)
-    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag([-spacing[0], -spacing[1], spacing[2]])
-    affine[:3, 3] = [40.0, 30.0, -12.0]
-    return affine
 
 
 def test_simpleitk_channel_resampling_matches_monai_on_oblique_grids(tmp_path):
@@ -23,8 +13,8 @@ def test_simpleitk_channel_resampling_matches_monai_on_oblique_grids(tmp_path):
     i, j, k = np.indices((40, 36, 12))
     smooth = (np.sin(i / 5) + np.cos(j / 4) + k / 6).astype(np.float32) * 100 + 300
     noise = rng.random((32, 30, 10)).astype(np.float32)
-    dst = write_nifti(tmp_path / "dwi.nii.gz", noise, _lps_affine((1.5, 1.5, 3.5)))
-    src = write_nifti(tmp_path / "flair.nii.gz", smooth, _lps_affine((1.1, 1.2, 2.8), degrees=9))
+    dst = write_nifti(tmp_path / "dwi.nii.gz", noise, lps_affine((1.5, 1.5, 3.5)))
+    src = write_nifti(tmp_path / "flair.nii.gz", smooth, lps_affine((1.1, 1.2, 2.8), degrees=9))
     d = LoadCheckedd(["a", "b"])({"a": str(dst), "b": str(src)})
     ours = ResampleToGridd(["b"], key_dst="a")(dict(d))["b"]
     monai = mt.ResampleToMatchd(["b"], key_dst="a", mode="bilinear", padding_mode="zeros")(dict(d))["b"]

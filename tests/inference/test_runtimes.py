@@ -1,22 +1,11 @@
-"""The fast inference path gives what the plain MONAI path gives: grid copies, SimpleITK resampling,
-ONNX runtimes, and 8-fold mirroring."""
+"""OpenVINO and ONNX Runtime give what eager PyTorch gives; the runtime is chosen for the device."""
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.inference.predictor import lesion_probability
 from pipeline.inference.runtimes import compile_network, resolve_runtime
 from pipeline.models.networks import build_network
-
-
-def _lps_affine(spacing=(1.2, 0.9, 3.0), degrees=0.0):
-    a = np.deg2rad(degrees)
-    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    affine = np.eye(4)
-    affine[:3, :3] = rot @ np.diag([-spacing[0], -spacing[1], spacing[2]])
-    affine[:3, 3] = [40.0, 30.0, -12.0]
-    return affine
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
