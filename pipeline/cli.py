@@ -77,7 +77,7 @@ def _inference_commands(sub) -> None:
     p.add_argument("--model", required=True, help="a .ckpt from training or a bundle folder")
     p.add_argument("--datalist", required=True, help="manifest JSON")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
-    p.add_argument("--output", required=True, help="folder for <id>.nii.gz masks and volumes.csv")
+    p.add_argument("--output", required=True, help="folder for <id>.nii.gz masks, volumes.csv and lesions.csv (one row per lesion)")
     p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
     p.add_argument("--tta", action="store_true", help="average over all 8 mirrorings of the 3 axes")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
@@ -88,6 +88,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
     p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")
     p.add_argument("--save-unc", action="store_true", help="also write <id>_unc.nii.gz (TTA variance; needs --tta)")
+    p.add_argument("--no-mni", dest="mni", action="store_false",
+                   help="lesions.csv without MNI location (skips the ~3 s registration per case)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=commands.infer)
 

@@ -131,7 +131,8 @@ def infer(args) -> int:
                      min_lesion_ml=args.min_lesion_ml, runtime=args.runtime)
     predictor = Predictor.from_path(args.model, device=args.device, **overrides)
     report = segment_datalist(predictor, args.datalist, args.output, split=args.split, dataset_dir=args.dataset_dir,
-                              overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc)
+                              overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc,
+                              mni=args.mni)
     print(f"{len(report.written)} written, {len(report.skipped)} kept (exist; --overwrite replaces), "
           f"{len(report.failures)} failed -> {args.output}")
     for cid, reason in report.failures:

@@ -18,6 +18,8 @@ import numpy as np
 from pipeline.data.manifest import select_cases
 from pipeline.errors import InputError, describe_error
 from pipeline.inference.grid import like_reference
+from pipeline.inference.lesions import LESION_COLUMNS, channel_on_grid, lesion_rows
+from pipeline.inference.mni import cached_mapping
 from pipeline.inference.predictor import Predictor
 from pipeline.io import atomic_path, save_nifti_atomic
 
@@ -32,6 +34,7 @@ class BatchReport:
     skipped: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     volumes: list[dict] = field(default_factory=list)
+    lesions: list[dict] = field(default_factory=list)
 
 
 def check_output_dir(output: Path, cases: list[dict]) -> None:
@@ -46,15 +49,18 @@ def check_output_dir(output: Path, cases: list[dict]) -> None:
 
 def segment_datalist(predictor: Predictor, manifest: str | Path, output: str | Path, split: str = "testing",
                      dataset_dir=None, overwrite: bool = False, save_prob: bool = False, save_unc: bool = False,
-                     progress: bool = True) -> BatchReport:
-    """Write ``OUT/<id>.nii.gz`` (uint8) per case (and ``_prob``/``_unc`` maps), plus ``OUT/volumes.csv``."""
+                     progress: bool = True, lesion_table: bool = True, mni: bool = True) -> BatchReport:
+    """Write ``OUT/<id>.nii.gz`` (uint8) per case (and ``_prob``/``_unc`` maps), plus ``OUT/volumes.csv`` and
+    (``lesion_table``) ``OUT/lesions.csv``, with MNI locations when ``mni`` (registrations cached in
+    ``OUT/registration``)."""
 
     return segment_cases(predictor, select_cases(manifest, split, dataset_dir), output, overwrite, save_prob,
-                         save_unc, progress)
+                         save_unc, progress, lesion_table, mni)
 
 
 def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, overwrite: bool = False,
-                  save_prob: bool = False, save_unc: bool = False, progress: bool = True) -> BatchReport:
+                  save_prob: bool = False, save_unc: bool = False, progress: bool = True, lesion_table: bool = True,
+                  mni: bool = True) -> BatchReport:
     """:func:`segment_datalist` over a list of cases with absolute paths."""
     from tqdm.auto import tqdm
 
@@ -90,18 +96,45 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
             continue
         report.written.append(cid)
         report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"]))
-    _write_volumes(output / "volumes.csv", report.volumes)
+        if lesion_table:
+            try:
+                report.lesions += _lesions_of(case, result, predictor.settings, output / "registration" if mni
+                                              else None)
+            except Exception as err:  # noqa: BLE001 - the mask is written; only its table rows are missing
+                log.error("%s: %s: no lesions.csv rows: %s", cid, case["image"][0], describe_error(err))
+    _merge_csv(output / "volumes.csv", report.volumes, ["id", "lesion_ml", "components"])
+    if lesion_table:
+        _merge_csv(output / "lesions.csv", report.lesions, LESION_COLUMNS, cases=report.written)
     return report
 
 
-def _write_volumes(path: Path, rows: list[dict]) -> None:
-    """Merge this run's rows into ``volumes.csv`` (rows of cases not re-run are kept)."""
-    old = {}
+def _lesions_of(case: dict, result: dict, settings, registration_dir: Path | None) -> list[dict]:
+    """``lesions.csv`` rows of one segmented case; a registration that fails leaves its MNI columns empty."""
+    cid, ref = str(case["id"]), result["reference"]
+    check = settings.diffusion_check or {}
+    dwi, adc = (channel_on_grid(case["image"][check[k]], ref) if k in check and check[k] < len(case["image"])
+                else None for k in ("dwi", "adc"))
+    truth = channel_on_grid(case["label"], ref, order=0) > 0.5 if case.get("label") else None
+    mapping = None
+    if registration_dir is not None and result["mask"].any():
+        try:
+            mapping = cached_mapping(case["image"][0], registration_dir, cid)
+        except Exception as err:  # noqa: BLE001 - no location rather than no table
+            log.warning("%s: %s: registration to MNI failed (%s): no MNI location", cid, case["image"][0],
+                        describe_error(err))
+    return lesion_rows(cid, result["mask"], ref, result["prob"], result["unc"], dwi, adc, truth, mapping)
+
+
+def _merge_csv(path: Path, rows: list[dict], columns: list[str], cases: list[str] | None = None) -> None:
+    """Merge this run's rows into the CSV at ``path``: rows of the cases in ``cases`` (default: those in
+    ``rows``) are replaced, the others kept, ordered by case id."""
+    renewed = set(cases if cases is not None else (r["id"] for r in rows))
+    old = []
     if path.is_file():
         with open(path, newline="") as f:
-            old = {r["id"]: r for r in csv.DictReader(f)}
-    old.update({r["id"]: r for r in rows})
+            old = [r for r in csv.DictReader(f) if r["id"] not in renewed]
+    merged = sorted(old + rows, key=lambda r: str(r["id"]))  # stable: a case's rows stay in order
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "lesion_ml", "components"])
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(old[k] for k in sorted(old))
+        writer.writerows(merged)
