@@ -77,7 +77,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--model", required=True, help="a .ckpt from training or a bundle folder")
     p.add_argument("--datalist", required=True, help="manifest JSON")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
-    p.add_argument("--output", required=True, help="folder for <id>.nii.gz masks, volumes.csv and lesions.csv (one row per lesion)")
+    p.add_argument("--output", required=True,
+                   help="folder for <id>.nii.gz masks, volumes.csv and lesions.csv (one row per lesion)")
     p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
     p.add_argument("--tta", action="store_true", help="average over all 8 mirrorings of the 3 axes")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
