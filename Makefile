@@ -35,7 +35,7 @@ PLAN_OUT ?= outputs/plans/$(basename $(notdir $(MANIFEST))).yaml
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install data validate preview plan train cv infer evaluate shifted bundle demo norm-study bench bench-plan mlflow-ui test test-fast lint clean
+.PHONY: help install install-browser data validate preview plan train cv infer evaluate shifted bundle demo norm-study bench bench-plan mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,11 @@ $(STAMP): pyproject.toml
 	@echo "install: keeping $$(cat $(VENV)/constraints.txt)"
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	@touch $@
+
+install-browser: ## Chromium from the system packages (apt), for the report viewer's headless-browser test
+	@if command -v chromium >/dev/null; then echo "install-browser: $$(chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null && chromium --version; \
+	else sudo apt-get install -y chromium; fi
 
 data: $(MANIFEST) $(SHIFTED_MANIFEST) ## synthesise SUBJECTS=48 training/test subjects (DOMAIN=random) and 16 shifted-domain test subjects
 

@@ -112,6 +112,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--output", required=True)
     p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="normalised surface Dice tolerance")
+    p.add_argument("--no-viewer", dest="viewer", action="store_false",
+                   help="report.html without the interactive NiiVue viewer")
     p.add_argument("--run-id", help="also log metrics and files to this MLflow run")
     p.add_argument("--tracking-uri", help="MLflow store of --run-id (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--name", help="metric prefix in MLflow (default: the split, e.g. testing/dice; shifted/dice)")

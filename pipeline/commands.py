@@ -145,7 +145,7 @@ def evaluate(args) -> int:
 
     summary = evaluate(args.datalist, args.predictions, args.output, split=args.split, dataset_dir=args.dataset_dir,
                        tolerance_mm=args.tolerance_mm, run_id=args.run_id, tracking_uri=args.tracking_uri,
-                       name=args.name)
+                       name=args.name, viewer=args.viewer)
     for name in ("dice", "lesion_f1", "avd_ml", "lesion_count_diff", "hd95_mm"):
         s = summary["metrics"].get(name)
         if s and s["mean"] is not None:

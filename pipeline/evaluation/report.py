@@ -76,7 +76,7 @@ def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float) -> tuple[
     return row, ras_slice(image, truth, pred, truth_img.affine)
 
 
-def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: str) -> str:
+def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: str, viewer: str = "") -> str:
     def img(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
@@ -97,6 +97,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 lesions, a lesion is detected when it overlaps the other mask by one voxel or more; Dice and lesion F1 are 1 when
 both masks are empty. Volumes from the label header's voxel size. NSD at {summary['tolerance_mm']} mm.</p>
 <h2>Summary</h2><table><tr>{head}</tr>{body}</table>
+{f"<h2>Viewer</h2>{viewer}" if viewer else ""}
 <h2>Per-case scores</h2>{img(files['scores'])}
 <h2>Lesion volume</h2>{img(files['volumes'])}
 <h2>Best and worst cases</h2>{img(files['overlays'])}
@@ -107,11 +108,12 @@ both masks are empty. Volumes from the label header's voxel size. NSD at {summar
 
 def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, split: str = "testing",
              dataset_dir=None, tolerance_mm: float = 2.0, run_id: str | None = None, tracking_uri: str | None = None,
-             progress: bool = True, name: str | None = None) -> dict:
+             progress: bool = True, name: str | None = None, viewer: bool = True) -> dict:
     """Score every labelled case of ``split`` that has ``PREDICTIONS/<id>.nii.gz``; write the report files.
 
     With ``run_id`` the means go to that MLflow run as ``NAME/metric`` (``name`` defaults to the split, e.g.
     ``testing/dice``; ``shifted/dice`` for the shifted-domain test) and the files under ``evaluation_NAME``.
+    ``viewer`` adds the interactive NiiVue viewer of every scored case (:mod:`pipeline.evaluation.viewer`).
     Returns the summary (also ``summary.json``), whose ``failures`` lists cases that could not be scored.
     """
     from tqdm.auto import tqdm
@@ -150,11 +152,24 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
     write_json_atomic(summary, output / "summary.json")
     if rows:
         files = report_figures(rows, slices, output)
+        section = _viewer(cases, {r["id"] for r in rows}, predictions, output) if viewer else ""
         with atomic_path(output / "report.html") as tmp:
-            tmp.write_text(_html(summary, rows, files, failures, f"Lesion segmentation report: {Path(manifest).name}"))
+            tmp.write_text(_html(summary, rows, files, failures, f"Lesion segmentation report: {Path(manifest).name}",
+                                 section))
     if run_id:
         _log_to_mlflow(run_id, tracking_uri, summary, output)
     return summary
+
+
+def _viewer(cases: list[dict], scored: set, predictions: Path, output: Path) -> str:
+    """The report's viewer section; a viewer that cannot be built leaves the rest of the report."""
+    from pipeline.evaluation.viewer import write_viewer
+
+    try:
+        return write_viewer([c for c in cases if str(c["id"]) in scored], predictions, output)
+    except Exception as err:  # noqa: BLE001 - the scores and plots do not depend on it
+        log.warning("report: no viewer: %s", describe_error(err))
+        return ""
 
 
 def _log_to_mlflow(run_id: str, tracking_uri: str | None, summary: dict, output: Path) -> None:
