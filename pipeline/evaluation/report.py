@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.data.checks import read_volume, same_grid
 from pipeline.errors import InputError, describe_error
+from pipeline.evaluation.calibration import CalibrationAccumulator, calibration_figure, detection_confidence
 from pipeline.evaluation.metrics import METRIC_COLUMNS, case_metrics
 from pipeline.evaluation.plots import ras_slice, report_figures
 from pipeline.io import atomic_path, write_json_atomic
@@ -55,7 +56,8 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float) -> tuple[dict, tuple]:
+def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float,
+                   calibration: CalibrationAccumulator | None = None) -> tuple[dict, tuple]:
     cid = str(case["id"])
     pred_path = predictions / f"{cid}.nii.gz"
     try:
@@ -72,6 +74,12 @@ def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float) -> tuple[
     spacing = truth_img.header.get_zooms()[:3]
     truth, pred = np.squeeze(truth) > 0.5, np.squeeze(pred) > 0.5
     row = dict(id=cid, **case_metrics(pred, truth, spacing, tolerance_mm))
+    prob_path = predictions / f"{cid}_prob.nii.gz"
+    if calibration is not None and prob_path.is_file():  # written by infer --save-prob
+        prob, prob_img = read_volume(prob_path)
+        if not same_grid(prob_img, truth_img):
+            raise InputError("probability map grid differs from the label's", case=cid, path=str(prob_path))
+        calibration.add(np.squeeze(prob), truth)
     image = np.squeeze(np.asanyarray(nib.load(case["image"][0]).dataobj)).astype(np.float32)
     return row, ras_slice(image, truth, pred, truth_img.affine)
 
@@ -100,6 +108,7 @@ both masks are empty. Volumes from the label header's voxel size. NSD at {summar
 {f"<h2>Viewer</h2>{viewer}" if viewer else ""}
 <h2>Per-case scores</h2>{img(files['scores'])}
 <h2>Lesion volume</h2>{img(files['volumes'])}
+{_calibration_html(summary, img(files['calibration'])) if files.get('calibration') else ""}
 <h2>Best and worst cases</h2>{img(files['overlays'])}
 {f"<h2>Failed cases</h2><ul>{fails}</ul>" if fails else ""}
 <h2>Every case</h2><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{cases}</table>
@@ -124,7 +133,7 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
     cases = [c for c in select_cases(manifest, split, dataset_dir) if c.get("label")]
     if not cases:
         raise InputError(f"no labelled cases in the '{split}' split", path=str(manifest))
-    rows, slices, failures = [], {}, []
+    rows, slices, failures, calibration = [], {}, [], CalibrationAccumulator()
     counts = Counter(str(c["id"]) for c in cases)
     for case in tqdm(cases, desc="evaluating", unit="case", disable=not progress):
         cid = str(case["id"])
@@ -133,7 +142,7 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
             log.error("%s: %s", cid, failures[-1][1])
             continue
         try:
-            row, slices[cid] = _evaluate_case(case, predictions, tolerance_mm)
+            row, slices[cid] = _evaluate_case(case, predictions, tolerance_mm, calibration)
             rows.append(row)
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
             failures.append((cid, describe_error(err)))
@@ -148,10 +157,14 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
                    cases=len(rows), metrics=summarise(rows) if rows else {},
                    lesion_free=dict(cases=sum(r["true_ml"] == 0 for r in rows),
                                     with_false_lesion=sum(r["true_ml"] == 0 and r["pred_ml"] > 0 for r in rows)),
-                   failures=[dict(id=c, reason=m) for c, m in failures])
+                   failures=[dict(id=c, reason=m) for c, m in failures],
+                   calibration=calibration.result(),
+                   detection_confidence=detection_confidence(predictions / "lesions.csv", {r["id"] for r in rows}))
     write_json_atomic(summary, output / "summary.json")
     if rows:
         files = report_figures(rows, slices, output)
+        files["calibration"] = calibration_figure(summary["calibration"], summary["detection_confidence"],
+                                                  output / "calibration.png")
         section = _viewer(cases, {r["id"] for r in rows}, predictions, output) if viewer else ""
         with atomic_path(output / "report.html") as tmp:
             tmp.write_text(_html(summary, rows, files, failures, f"Lesion segmentation report: {Path(manifest).name}",
@@ -159,6 +172,14 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
     if run_id:
         _log_to_mlflow(run_id, tracking_uri, summary, output)
     return summary
+
+
+def _calibration_html(summary: dict, figure: str) -> str:
+    c = summary["calibration"]
+    text = (f"Expected calibration error {c['ece']:.3f} over {c['voxels']} voxels (probability >= {c['min_prob']} "
+            "or lesion; the sure background is left out). " if c else "No probability maps (infer --save-prob). ")
+    return (f"<h2>Calibration</h2><p>{text}Right: the maximum probability of each predicted lesion, true against "
+            f"false detections (from lesions.csv).</p>{figure}")
 
 
 def _viewer(cases: list[dict], scored: set, predictions: Path, output: Path) -> str:

@@ -12,7 +12,7 @@ def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tiny_checkp
     """infer -> evaluate with a trained checkpoint, as a user runs them; the report files exist and agree."""
     pred = tmp_path / "pred"
     result = run_cli("infer", "--model", str(tiny_checkpoint), "--datalist", str(synth_set[1]), "--output", str(pred),
-                     "--split", "all", "--tta", "--save-unc")
+                     "--split", "all", "--tta", "--save-unc", "--save-prob")
     assert result.returncode == 0, result.stderr[-2000:]
     cases = json.loads(synth_set[1].read_text())
     ids = sorted(c["id"] for c in cases["training"] + cases["testing"])
@@ -25,7 +25,13 @@ def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tiny_checkp
     assert header == "id,dice,iou,hd95_mm,assd_mm,nsd,avd_ml,lesion_count_diff,lesion_f1,true_ml,pred_ml"
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["cases"] == len(ids) and set(summary["metrics"]["dice"]) == {"mean", "median", "std", "ci95", "n"}
-    for name in ("per_case_scores.png", "volumes.png", "best_worst_cases.png", "report.html"):
+    assert 0 <= summary["calibration"]["ece"] <= 1 and summary["calibration"]["voxels"] > 0  # from --save-prob
+    lesions = _rows_text(pred / "lesions.csv")
+    volumes = _rows_text(pred / "volumes.csv")
+    predicted = [r for r in lesions if r["kind"] == "predicted"]
+    assert len(predicted) == sum(int(v["components"]) for v in volumes)  # one row per lesion
+    assert all(r["detected"] in ("True", "False") and r["mean_tta_var"] != "" for r in predicted)
+    for name in ("per_case_scores.png", "volumes.png", "best_worst_cases.png", "report.html", "calibration.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 5000
     assert "data:image/png;base64" in (tmp_path / "eval" / "report.html").read_text()
     free = summary["lesion_free"]
@@ -68,3 +74,10 @@ def test_compare_refuses_an_evaluation_that_scored_no_case_in_one_line(tmp_path)
     result = run_cli("compare", f"planned={tmp_path / 'e'}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "planned: no case was scored (1 failed" in result.stderr
+
+
+def _rows_text(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
