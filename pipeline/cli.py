@@ -53,6 +53,13 @@ def _data_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=commands.manifest)
 
+    p = sub.add_parser("dicom2nifti", help="DWI, ADC and FLAIR DICOM series under a folder -> ISLES'22-layout NIfTI "
+                                          "tree and manifest (the DWI series kept for infer --dicom-seg)")
+    p.add_argument("--in", dest="source", required=True, help="folder searched for DICOM series (recursively)")
+    p.add_argument("--out", required=True, help="folder for the NIfTI tree")
+    p.add_argument("--manifest", help="manifest JSON to write (default: OUT/dataset.json)")
+    p.set_defaults(func=commands.dicom2nifti)
+
     p = sub.add_parser("validate", help="open every file of a manifest and report every problem")
     p.add_argument("manifest")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
@@ -89,6 +96,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
     p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")
     p.add_argument("--save-unc", action="store_true", help="also write <id>_unc.nii.gz (TTA variance; needs --tta)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write <id>_seg.dcm, a DICOM SEG of the source DWI series (cases from dicom2nifti)")
     p.add_argument("--no-mni", dest="mni", action="store_false",
                    help="lesions.csv without MNI location (skips the ~3 s registration per case)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

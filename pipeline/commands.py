@@ -41,6 +41,16 @@ def manifest(args) -> int:
     return EXIT_OK
 
 
+def dicom2nifti(args) -> int:
+    from pipeline.data.dicom import dicom_to_nifti
+
+    result = dicom_to_nifti(args.source, args.out, args.manifest)
+    for subject, reason in result["failed"]:
+        print(f"FAILED {subject}: {reason}", file=sys.stderr)
+    print(f"{len(result['testing'])} case(s) converted, {len(result['failed'])} failed -> {result['manifest']}")
+    return EXIT_PROBLEMS if result["failed"] else EXIT_OK
+
+
 def validate(args) -> int:
     from pipeline.data.checks import validate_manifest
 
@@ -132,7 +142,7 @@ def infer(args) -> int:
     predictor = Predictor.from_path(args.model, device=args.device, **overrides)
     report = segment_datalist(predictor, args.datalist, args.output, split=args.split, dataset_dir=args.dataset_dir,
                               overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc,
-                              mni=args.mni)
+                              mni=args.mni, dicom_seg=args.dicom_seg)
     print(f"{len(report.written)} written, {len(report.skipped)} kept (exist; --overwrite replaces), "
           f"{len(report.failures)} failed -> {args.output}")
     for cid, reason in report.failures:

@@ -97,3 +97,51 @@ def tiny_checkpoint(synth_set, tmp_path_factory) -> Path:
                      cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return next((root / "out" / "checkpoints").glob("best-*.ckpt"))
+
+
+def write_dicom_series(folder: Path, volume: np.ndarray, affine: np.ndarray, description: str, series_number: int,
+                       patient: str = "P001", study_uid: str | None = None, slope: float = 1.0,
+                       bvalue: float | None = None, reverse: bool = False) -> list[Path]:
+    """An MR DICOM series (one file per slice, uint16) of a (x, y, z) ``volume`` on the RAS ``affine`` grid:
+    voxel axis x runs along a row, y down a column, z from slice to slice (``reverse`` writes them in the
+    opposite instance order). Stored value = volume / ``slope``."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    row_dir, col_dir = lps @ affine[:3, 0] / spacing[0], lps @ affine[:3, 1] / spacing[1]
+    series_uid, study_uid = generate_uid(), study_uid or generate_uid()
+    frame_uid = generate_uid(entropy_srcs=[study_uid])
+    paths = []
+    order = range(volume.shape[2])[::-1] if reverse else range(volume.shape[2])
+    for instance, k in enumerate(order, start=1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.PatientName = "MR", patient, "Test^Patient"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = series_number, instance, description
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "A1"
+        ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "19500101", "O", ""
+        ds.Manufacturer, ds.ImageType = "TEST", ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.ImagePositionPatient = [float(v) for v in lps @ (affine @ [0, 0, k, 1])[:3]]
+        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, 0.0
+        if bvalue is not None:
+            ds.DiffusionBValue = bvalue
+        ds.PixelData = np.clip(np.rint(volume[:, :, k].T / slope), 0, 65535).astype("<u2").tobytes()
+        path = folder / f"{series_number:03d}_{instance:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

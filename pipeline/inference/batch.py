@@ -49,18 +49,19 @@ def check_output_dir(output: Path, cases: list[dict]) -> None:
 
 def segment_datalist(predictor: Predictor, manifest: str | Path, output: str | Path, split: str = "testing",
                      dataset_dir=None, overwrite: bool = False, save_prob: bool = False, save_unc: bool = False,
-                     progress: bool = True, lesion_table: bool = True, mni: bool = True) -> BatchReport:
+                     progress: bool = True, lesion_table: bool = True, mni: bool = True,
+                     dicom_seg: bool = False) -> BatchReport:
     """Write ``OUT/<id>.nii.gz`` (uint8) per case (and ``_prob``/``_unc`` maps), plus ``OUT/volumes.csv`` and
     (``lesion_table``) ``OUT/lesions.csv``, with MNI locations when ``mni`` (registrations cached in
-    ``OUT/registration``)."""
+    ``OUT/registration``); ``dicom_seg`` adds ``OUT/<id>_seg.dcm`` for cases converted from DICOM."""
 
     return segment_cases(predictor, select_cases(manifest, split, dataset_dir), output, overwrite, save_prob,
-                         save_unc, progress, lesion_table, mni)
+                         save_unc, progress, lesion_table, mni, dicom_seg)
 
 
 def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, overwrite: bool = False,
                   save_prob: bool = False, save_unc: bool = False, progress: bool = True, lesion_table: bool = True,
-                  mni: bool = True) -> BatchReport:
+                  mni: bool = True, dicom_seg: bool = False) -> BatchReport:
     """:func:`segment_datalist` over a list of cases with absolute paths."""
     from tqdm.auto import tqdm
 
@@ -87,6 +88,8 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
                 save_nifti_atomic(like_reference(result["prob"], ref, np.float32), output / f"{cid}_prob.nii.gz")
             if save_unc and result["unc"] is not None:
                 save_nifti_atomic(like_reference(result["unc"], ref, np.float32), output / f"{cid}_unc.nii.gz")
+            if dicom_seg:
+                _write_seg(case, result, output / f"{cid}_seg.dcm")
             save_nifti_atomic(like_reference(result["mask"], ref, np.uint8), target)
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
             reason = describe_error(err)
@@ -106,6 +109,18 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
     if lesion_table:
         _merge_csv(output / "lesions.csv", report.lesions, LESION_COLUMNS, cases=report.written)
     return report
+
+
+def _write_seg(case: dict, result: dict, path: Path) -> None:
+    """The case's DICOM SEG, referencing the DWI series ``dicom2nifti`` recorded (none for other cases)."""
+    source = case.get("dicom_source")
+    if not source:
+        log.warning("%s: %s: not converted from DICOM (no dicom_source in the manifest): no DICOM SEG", case["id"],
+                    case["image"][0])
+        return
+    from pipeline.inference.dicom_seg import write_dicom_seg
+
+    write_dicom_seg(result["mask"], result["reference"].affine, source["files"], path)
 
 
 def _lesions_of(case: dict, result: dict, settings, registration_dir: Path | None) -> list[dict]:

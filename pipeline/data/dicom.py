@@ -1,0 +1,172 @@
+"""DICOM in: the DWI, ADC and FLAIR series under a folder become an ISLES'22-layout NIfTI tree and a manifest.
+
+Series are found with SimpleITK's GDCM series reader (which orders slices along the slice normal and keeps
+the scanner geometry), told apart by their description, protocol, sequence name and image type, and grouped
+by patient and study into subjects. A series with several volumes at the same slice positions (b=0 and
+b=1000 in one series) keeps the volume with the highest b-value. Each manifest case records its DWI series
+(``dicom_source``) so that ``infer --dicom-seg`` can write a DICOM SEG that references it. A subject without a
+DWI, ADC or FLAIR series is reported in one line and left out; the others are converted.
+
+Example:
+    >>> manifest = dicom_to_nifti("incoming/", "data/from_dicom")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.io import atomic_path
+
+__all__ = ["Series", "find_series", "classify", "dicom_to_nifti", "CHANNELS"]
+
+log = logging.getLogger(__name__)
+CHANNELS = ("dwi", "adc", "flair")
+_KEYWORDS = (("adc", ("adc", "apparent diffusion")), ("flair", ("flair", "dark fluid", "tirm")),
+             ("dwi", ("dwi", "diffusion", "trace", "ep2d_diff", "ep_b", "b1000")))
+_BVALUE_TAGS = ((0x0018, 0x9087), (0x0019, 0x100C), (0x0043, 0x1039))  # standard, Siemens, GE (first value)
+
+
+@dataclass
+class Series:
+    """One DICOM series: its UID, files (in slice order), and what the first file says about it."""
+
+    uid: str
+    files: list[str]
+    patient: str
+    study: str
+    description: str
+    number: int
+    kind: str | None = None
+    bvalues: list[float] = field(default_factory=list)
+
+
+def classify(ds) -> str | None:
+    """``dwi``, ``adc``, ``flair`` or None, from the series description, protocol, sequence name and image type."""
+    text = " ".join(str(getattr(ds, key, "")) for key in ("SeriesDescription", "ProtocolName", "SequenceName"))
+    text = (text + " " + " ".join(str(v) for v in getattr(ds, "ImageType", []))).lower()
+    for kind, words in _KEYWORDS:
+        if any(word in text for word in words):
+            return kind
+    return None
+
+
+def _bvalue(ds) -> float | None:
+    for tag in _BVALUE_TAGS:
+        if tag in ds:
+            value = ds[tag].value
+            value = value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and \
+                not isinstance(value, (str, bytes)) else value
+            try:
+                return float(value if not isinstance(value, bytes) else value.decode(errors="ignore").strip("\0 "))
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def find_series(root: str | Path) -> list[Series]:
+    """Every DICOM series in the folders under ``root``, classified."""
+    import pydicom
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    out = []
+    for folder in sorted({p.parent for p in Path(root).rglob("*") if p.is_file()}):
+        for uid in reader.GetGDCMSeriesIDs(str(folder)) or ():
+            files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+            headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+            first = headers[0]
+            series = Series(uid, files, str(getattr(first, "PatientID", "") or "anonymous"),
+                            str(getattr(first, "StudyInstanceUID", "")), str(getattr(first, "SeriesDescription", "")),
+                            int(getattr(first, "SeriesNumber", 0) or 0), classify(first))
+            series.bvalues = [_bvalue(h) for h in headers]
+            series.files = _one_volume(series, headers)
+            out.append(series)
+    return out
+
+
+def _one_volume(series: Series, headers) -> list[str]:
+    """The files of one volume: all of them, or those of the highest b-value when positions repeat."""
+    positions = [tuple(round(float(v), 2) for v in getattr(h, "ImagePositionPatient", ())) for h in headers]
+    if len(set(positions)) == len(positions):
+        return series.files
+    known = [b for b in series.bvalues if b is not None]
+    if not known:
+        raise InputError(f"series {series.description!r} has {len(positions)} images at {len(set(positions))} "
+                         "slice positions and no b-values to tell its volumes apart", path=str(series.files[0]))
+    top = max(known)
+    return [f for f, b in zip(series.files, series.bvalues, strict=True) if b == top]
+
+
+def _subject_id(patient: str, index: int) -> str:
+    clean = re.sub(r"[^A-Za-z0-9]", "", patient) or f"{index:04d}"
+    return f"sub-{clean}"
+
+
+def _write_series(series: Series, path: Path) -> None:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(series.files)
+    image = reader.Execute()
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def dicom_to_nifti(root: str | Path, out: str | Path, manifest: str | Path | None = None) -> dict:
+    """Convert the DWI/ADC/FLAIR series under ``root`` into ``out`` (ISLES'22 layout) and write the manifest
+    (default ``out/dataset.json``); returns it, with the subjects that could not be converted under
+    ``failed`` as (subject, one-line reason)."""
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise InputError("no such folder", path=str(root))
+    series = find_series(root)
+    if not series:
+        raise InputError("no DICOM series found", path=str(root))
+    studies = defaultdict(list)
+    for s in series:
+        studies[(s.patient, s.study)].append(s)
+    cases, failed, seen = [], [], defaultdict(int)
+    for index, ((patient, _), members) in enumerate(sorted(studies.items())):
+        subject = _subject_id(patient, index)
+        seen[subject] += 1
+        session = f"ses-{seen[subject]:04d}"
+        chosen = {}
+        for kind in CHANNELS:
+            found = sorted((s for s in members if s.kind == kind), key=lambda s: s.number)
+            if len(found) > 1:
+                log.warning("%s: %d %s series; using series %d (%s)", subject, len(found), kind, found[0].number,
+                            found[0].description)
+            if found:
+                chosen[kind] = found[0]
+        missing = [k for k in CHANNELS if k not in chosen]
+        if missing:
+            found = ", ".join(repr(s.description) for s in members)
+            failed.append((subject, f"no {' or '.join(missing).upper()} series among {found} in "
+                                    f"{Path(members[0].files[0]).parent}"))
+            continue
+        paths = {"dwi": f"{subject}/{session}/dwi/{subject}_{session}_dwi.nii.gz",
+                 "adc": f"{subject}/{session}/dwi/{subject}_{session}_adc.nii.gz",
+                 "flair": f"{subject}/{session}/anat/{subject}_{session}_FLAIR.nii.gz"}
+        try:
+            for kind in CHANNELS:
+                _write_series(chosen[kind], out / paths[kind])
+        except Exception as err:  # noqa: BLE001 - one unreadable series must not stop the other subjects
+            failed.append((subject, f"{err}".splitlines()[0]))
+            continue
+        dwi = chosen["dwi"]
+        cases.append(dict(id=f"{subject}_{session}", image=[paths[k] for k in CHANNELS],
+                          dicom_source=dict(series_uid=dwi.uid, files=[str(Path(f).resolve()) for f in dwi.files])))
+    data = dict(name=f"DICOM from {root}", layout="isles22", channels=list(CHANNELS), dataset_dir=".",
+                testing=cases, training=[])
+    manifest = Path(manifest) if manifest else out / "dataset.json"
+    if manifest.parent.resolve() != out.resolve():
+        data["dataset_dir"] = str(out.resolve())
+    with atomic_path(manifest) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1))
+    return dict(data, manifest=str(manifest), failed=failed)
