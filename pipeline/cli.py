@@ -94,6 +94,8 @@ def _inference_commands(sub) -> None:
                    help="where the network runs (default auto: OpenVINO on CPU, PyTorch on GPU)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
     p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
+    p.add_argument("--min-lesion-peak", type=float,
+                   help="drop lesions whose highest probability is below this (default: the model's; 0: off)")
     p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")
     p.add_argument("--save-unc", action="store_true", help="also write <id>_unc.nii.gz (TTA variance; needs --tta)")
     p.add_argument("--dicom-seg", action="store_true",

@@ -29,7 +29,7 @@ from pipeline.inference.grid import to_grid
 from pipeline.inference.settings import Settings
 
 __all__ = ["make_inferer", "logits_to_probability", "lesion_probability", "Predictor", "Postprocess",
-           "remove_small_lesions", "mirrorings", "SkipEmptyWindows"]
+           "remove_small_lesions", "keep_confident_lesions", "mirrorings", "SkipEmptyWindows"]
 
 log = logging.getLogger(__name__)
 BACKGROUND_LOGIT = 20.0
@@ -111,17 +111,30 @@ def mirrorings(axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 class Postprocess:
-    """Probability -> mask: threshold, then drop 26-connected lesions under ``min_lesion_ml``.
+    """Probability -> mask: threshold, keep the 26-connected lesions whose peak probability reaches
+    ``min_lesion_peak``, then drop those under ``min_lesion_ml``.
 
     Example:
-        >>> mask = Postprocess(threshold=0.5, min_lesion_ml=0.1)(prob, voxel_ml=0.008)  # doctest: +SKIP
+        >>> mask = Postprocess(0.5, min_lesion_ml=0.1, min_lesion_peak=0.9)(prob, voxel_ml=0.008)  # doctest: +SKIP
     """
 
-    def __init__(self, threshold: float = 0.5, min_lesion_ml: float = 0.0):
-        self.threshold, self.min_lesion_ml = threshold, min_lesion_ml
+    def __init__(self, threshold: float = 0.5, min_lesion_ml: float = 0.0, min_lesion_peak: float = 0.0):
+        self.threshold, self.min_lesion_ml, self.min_lesion_peak = threshold, min_lesion_ml, min_lesion_peak
 
     def __call__(self, prob: np.ndarray, voxel_ml: float) -> np.ndarray:
-        return remove_small_lesions(prob >= self.threshold, voxel_ml, self.min_lesion_ml)
+        mask = keep_confident_lesions(prob >= self.threshold, prob, self.min_lesion_peak)
+        return remove_small_lesions(mask, voxel_ml, self.min_lesion_ml)
+
+
+def keep_confident_lesions(mask: np.ndarray, prob: np.ndarray, min_peak: float) -> np.ndarray:
+    """Keep the 26-connected lesions of ``mask`` with a voxel of probability >= ``min_peak``: hysteresis
+    thresholding (the mask's threshold low, ``min_peak`` high). skimage's ``apply_hysteresis_threshold``
+    connects faces only; lesions here are 26-connected (ISLES'22), hence cc3d."""
+    if min_peak <= 0 or not mask.any():
+        return mask
+    labels = cc3d.connected_components(mask, connectivity=26)
+    confident = np.unique(labels[(prob >= min_peak) & mask])
+    return np.isin(labels, confident[confident > 0])
 
 
 def remove_small_lesions(mask: np.ndarray, voxel_ml: float, min_lesion_ml: float) -> np.ndarray:
@@ -157,7 +170,7 @@ class Predictor:
                                                           volume_index=s.volume_index, crop_to_head=s.crop_to_head,
                                                           normalise=s.normalise)
         self.inferer = inferer
-        self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml)
+        self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml, s.min_lesion_peak)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str | None = None, **overrides) -> Predictor:

@@ -38,6 +38,7 @@ class Settings:
     tta_axes: Sequence[int] = ()
     threshold: float = 0.5
     min_lesion_ml: float = 0.0
+    min_lesion_peak: float = 0.0  # keep lesions whose highest probability reaches this (hysteresis); 0: all
     # drop lesions that are not brighter on DWI and darker on ADC than their surroundings
     # (pipeline.inference.diffusion_check; None: off)
     diffusion_check: dict | None = None
@@ -53,7 +54,8 @@ class Settings:
                    channels=pre.get("channels", 3), spacing=pre.get("spacing"), register=pre.get("register", False),
                    n4=pre.get("n4", False), volume_index=pre.get("volume_index"), normalise=pre.get("normalise"),
                    mode=inferer.get("mode", "gaussian"), threshold=hparams.get("threshold", 0.5),
-                   min_lesion_ml=hparams.get("min_lesion_ml", 0.0), diffusion_check=hparams.get("diffusion_check"))
+                   min_lesion_ml=hparams.get("min_lesion_ml", 0.0),
+                   min_lesion_peak=hparams.get("min_lesion_peak", 0.0), diffusion_check=hparams.get("diffusion_check"))
 
     def replace(self, **changes) -> Settings:
         """A copy with ``changes`` (None values ignored, as unset command-line options)."""

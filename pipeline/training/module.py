@@ -15,7 +15,7 @@ import torch
 
 from pipeline.evaluation.metrics import dice, lesion_f1
 from pipeline.inference.diffusion_check import restricted_diffusion
-from pipeline.inference.predictor import lesion_probability, remove_small_lesions
+from pipeline.inference.predictor import keep_confident_lesions, lesion_probability, remove_small_lesions
 from pipeline.models.losses import DeepSupervisionLoss
 
 __all__ = ["LesionSegmentation", "auto_precision"]
@@ -46,6 +46,8 @@ class LesionSegmentation(pl.LightningModule):
         inferer: ``{"overlap", "mode", "sw_batch_size"}`` for validation windows.
         threshold: probability above which a voxel is lesion.
         min_lesion_ml: lesions (26-connected) smaller than this are dropped, in validation as in inference.
+        min_lesion_peak: lesions whose highest probability is below this are dropped (hysteresis
+            thresholding), in validation as in inference; 0: off.
         diffusion_check: arguments of :func:`~pipeline.inference.diffusion_check.restricted_diffusion` (lesions
             not bright on DWI and dark on ADC are dropped), in validation as in inference; None: off.
         val_images: how many validation cases to draw in the per-epoch picture.
@@ -66,13 +68,13 @@ class LesionSegmentation(pl.LightningModule):
                  inferer: dict | None = None, threshold: float = 0.5, min_lesion_ml: float = 0.0, val_images: int = 4,
                  preprocessing: dict | None = None, seed: int = 0, init_from: str | None = None,
                  freeze_encoder_epochs: int = 0, regularization: dict | None = None, channels_last: bool = True,
-                 diffusion_check: dict | None = None):
+                 diffusion_check: dict | None = None, min_lesion_peak: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network
         self.loss = DeepSupervisionLoss(loss)
         self.head, self.spatial_dims, self.roi_size, self.threshold = head, spatial_dims, list(roi_size), threshold
-        self.min_lesion_ml, self.diffusion_check = min_lesion_ml, diffusion_check
+        self.min_lesion_ml, self.min_lesion_peak, self.diffusion_check = min_lesion_ml, min_lesion_peak, diffusion_check
         # unset keys take build_optimizer's / build_scheduler's defaults, which are train.yaml's (tested)
         self.optimizer_cfg, self.scheduler_cfg = dict(optimizer or {}), dict(scheduler or {})
         self.inferer_cfg = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4, **(inferer or {})}
@@ -147,6 +149,9 @@ class LesionSegmentation(pl.LightningModule):
             prob = np.stack([restricted_diffusion(p[0], image, self.threshold, spacing, **self.diffusion_check)[0][None]
                              for p, image in zip(prob, images, strict=True)])
         pred = prob >= self.threshold
+        if self.min_lesion_peak > 0:
+            pred = np.stack([keep_confident_lesions(m[0], p[0], self.min_lesion_peak)[None]
+                             for m, p in zip(pred, prob, strict=True)])
         if self.min_lesion_ml > 0:
             voxel_ml = float(np.prod(spacing)) / 1000
             pred = np.stack([remove_small_lesions(p[0], voxel_ml, self.min_lesion_ml)[None] for p in pred])

@@ -86,3 +86,17 @@ def test_tta_averages_all_eight_mirrorings():
     # flipping axis 0 or 2 mirrors the ramp, so the 8-pass mean is symmetric along both
     assert torch.allclose(mean, torch.flip(mean, dims=[2]), atol=1e-6)
     assert torch.allclose(mean, torch.flip(mean, dims=[4]), atol=1e-6)
+
+
+def test_lesions_are_kept_only_when_their_peak_probability_reaches_min_lesion_peak():
+    from pipeline.inference.predictor import Postprocess
+
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[2:6, 2:6, 2:6] = 0.7          # a lesion the model is unsure of everywhere
+    prob[10:16, 10:16, 10:16] = 0.6
+    prob[12, 12, 12] = 0.97            # one with a confident core: kept whole, rim included
+    prob[16, 16, 16] = 0.6             # touches it by a corner only: 26-connected, so part of it
+    mask = Postprocess(threshold=0.5, min_lesion_peak=0.9)(prob, voxel_ml=0.001)
+    assert not mask[2:6, 2:6, 2:6].any()
+    assert mask[10:16, 10:16, 10:16].all() and mask[16, 16, 16]
+    assert Postprocess(threshold=0.5)(prob, voxel_ml=0.001).sum() == 64 + 216 + 1  # 0: every lesion
