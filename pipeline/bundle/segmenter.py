@@ -37,15 +37,18 @@ class BundleSegmenter:
     """
 
     def __init__(self, network, dataset, inferer, postprocessing, settings, output_dir: str, device="cpu",
-                 overwrite: bool = False, save_prob: bool = False, save_unc: bool = False, onnx_model=None):
+                 overwrite: bool = False, save_prob: bool = False, save_unc: bool = False, onnx_model=None,
+                 lesion_table: bool = True, mni_location: bool = True, dicom_seg: bool = False):
         self.predictor = Predictor(network, settings, device, preprocessing=dataset.transform, inferer=inferer,
                                    postprocessing=postprocessing, onnx_model=onnx_model)
         self.cases, self.output_dir = list(dataset.data), output_dir
         self.overwrite, self.save_prob, self.save_unc = overwrite, save_prob, save_unc
+        self.lesion_table, self.mni_location, self.dicom_seg = lesion_table, mni_location, dicom_seg
 
     def run(self):
         report = segment_cases(self.predictor, self.cases, self.output_dir, self.overwrite, self.save_prob,
-                               self.save_unc)
+                               self.save_unc, lesion_table=self.lesion_table, mni=self.mni_location,
+                               dicom_seg=self.dicom_seg)
         log.info("%d written, %d kept, %d failed -> %s", len(report.written), len(report.skipped),
                  len(report.failures), self.output_dir)
         if report.failures:

@@ -105,8 +105,11 @@ def test_bundle_run_segments_other_orientations_and_spacings_on_their_own_grids(
     (tmp_path / "cases.json").write_text(json.dumps({"testing": cases}))
     result = monai_bundle("run", "--config_file", str(exported / "configs" / "inference.yaml"), "--bundle_root",
                           str(exported), "--datalist", str(tmp_path / "cases.json"),
-                          "--output_dir", str(tmp_path / "out"))
+                          "--output_dir", str(tmp_path / "out"), "--mni_location", "false")
     assert result.returncode == 0, result.stderr[-3000:]
+    lesions = (tmp_path / "out" / "lesions.csv").read_text().splitlines()
+    assert lesions[0].startswith("id,lesion,kind,volume_ml,x_mm,y_mm,z_mm,mni_x")  # the bundle's option reached it
+    assert not (tmp_path / "out" / "registration").exists()                       # --mni_location false
     for c in cases:
         ref, mask = nib.load(c["image"][0]), nib.load(tmp_path / "out" / f"{c['id']}.nii.gz")
         assert mask.shape == ref.shape and np.allclose(mask.affine, ref.affine)
