@@ -187,6 +187,19 @@ def _jittered_tissues(rng, jitter: float) -> dict:
             for name, consts in TISSUES.items()}
 
 
+def _contrasted_tissues(rng, tissues: dict, spec: dict | None) -> dict:
+    """SynthSeg's idea for the brain tissues: each of ``spec["tissues"]`` gets its own log-uniform factors on
+    its S0 (``s0``, hence DWI), ADC (``adc``) and FLAIR (``flair``) signal, so which tissue is brighter than
+    which is not a cue; the infarct and mimics follow, as ratios to the tissue they lie in."""
+    if not spec:
+        return tissues
+    for name in spec.get("tissues", ["gm", "wm", "csf"]):
+        t = tissues[name]
+        t["s0_factor"], t["flair_factor"] = _log_uniform(rng, spec["s0"]), _log_uniform(rng, spec["flair"])
+        t["adc"] *= _log_uniform(rng, spec["adc"])
+    return tissues
+
+
 def _lesion_look(rng, spec: dict, b: float) -> LesionLook:
     volume = tuple(spec.get("volume_ml", (0.3, 90.0)))
     if spec.get("model", "tissue") == "tissue":
@@ -229,7 +242,8 @@ def draw_acquisition(rng: np.random.Generator, domain: dict) -> Acquisition:
     return Acquisition(
         dwi=dwi, flair=flair, skull_stripped=bool(rng.random() < domain["skull_stripped"]),
         snr=_uniform(rng, domain["snr"]), bias={k: _uniform(rng, v) for k, v in domain["bias"].items()},
-        sequence=seq, tissues=_jittered_tissues(rng, domain["tissue_jitter"]),
+        sequence=seq, tissues=_contrasted_tissues(rng, _jittered_tissues(rng, domain["tissue_jitter"]),
+                                                 domain.get("tissue_contrast")),
         fat_suppression=_uniform(rng, domain["fat_suppression"]), lesion=_lesion_look(rng, domain["lesion"], seq["b"]),
         mimic=_mimic_look(rng, domain.get("mimics")),
         dtypes=dtypes, gains=gains, adc_unit=adc_unit, adc_background=_choice(rng, st["adc_background"]),

@@ -105,9 +105,10 @@ def _compartments(f: dict, acq: Acquisition) -> dict:
 
 def _signals(t: dict, seq: dict, fat_suppression: float = 1.0) -> dict:
     """Noise-free S0, S_b and FLAIR signal and the ADC of one tissue."""
-    s0 = t["pd"] * (1 - np.exp(-seq["tr"] / t["t1"])) * np.exp(-seq["te"] / t["t2"]) * fat_suppression
+    s0 = t["pd"] * (1 - np.exp(-seq["tr"] / t["t1"])) * np.exp(-seq["te"] / t["t2"]) * fat_suppression \
+        * t.get("s0_factor", 1.0)
     flair = t["pd"] * abs(1 - 2 * np.exp(-seq["flair_ti"] / t["t1"]) + np.exp(-seq["flair_tr"] / t["t1"])) \
-        * np.exp(-seq["flair_te"] / t["t2"])
+        * np.exp(-seq["flair_te"] / t["t2"]) * t.get("flair_factor", 1.0)
     return dict(s0=s0, sb=s0 * np.exp(-seq["b"] * t["adc"]), flair=flair, adc=t["adc"])
 
 

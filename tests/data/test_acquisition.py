@@ -97,9 +97,10 @@ def test_flair_negative_lesion_is_flair_negative_and_still_bright_on_dwi(anatomy
 
 
 def test_lesion_ratios_follow_the_signal_model(anatomy):
-    case = synthesize_subject(anatomy, 0, seed=3, domain=_domain(lesion={"dwi_ratio": [2.4, 2.4],
-                                                                         "adc_ratio": [0.5, 0.5], "graded": 0.0},
-                                                                 snr=[60, 60]))
+    # tissue contrast off: the ring around the lesion mixes grey and white matter, whose contrast it randomises
+    domain = _domain(lesion={"dwi_ratio": [2.4, 2.4], "adc_ratio": [0.5, 0.5], "graded": 0.0}, snr=[60, 60])
+    domain.pop("tissue_contrast")
+    case = synthesize_subject(anatomy, 0, seed=3, domain=domain)
     look = case["acquisition"].lesion
     assert look.dwi_ratio == pytest.approx(2.4) and look.adc_ratio == pytest.approx(0.5)
     # partial volume at the edge and the tissue ring's mix pull the measured ratios towards 1
@@ -144,3 +145,26 @@ def test_domain_file_overrides_a_base(tmp_path):
     assert domain["dwi"]["inplane_mm"] == load_domain("random")["dwi"]["inplane_mm"]
     with pytest.raises(ConfigError, match="unknown domain"):
         load_domain("nonsense")
+
+
+def test_tissue_contrast_makes_which_tissue_is_brighter_no_cue():
+    """SynthSeg-style per-tissue factors widen the white/grey-matter contrast range on DWI, ADC and FLAIR; a domain
+    without the key keeps its tissue constants."""
+    from pipeline.data.synthetic import _signals
+
+    def spread(domain):
+        rng = np.random.default_rng(0)
+        ratios = []
+        for _ in range(300):
+            acq = draw_acquisition(rng, domain)
+            s = {k: _signals(acq.tissues[k], acq.sequence) for k in ("gm", "wm")}
+            ratios.append([s["wm"][k] / s["gm"][k] for k in ("sb", "adc", "flair")])
+        return np.percentile(np.array(ratios), [5, 95], axis=0)
+
+    random = load_domain("random")
+    plain = {k: v for k, v in random.items() if k != "tissue_contrast"}
+    wide, narrow = spread(random), spread(plain)
+    assert np.all(wide[1] - wide[0] > 1.2 * (narrow[1] - narrow[0]))  # every channel's range is wider
+    assert wide[1][0] > 1.1 > narrow[1][0]  # white matter brighter than grey on DWI in some subjects
+    fixed = draw_acquisition(np.random.default_rng(0), load_domain("fixed"))
+    assert "s0_factor" not in fixed.tissues["wm"]
