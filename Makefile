@@ -115,13 +115,14 @@ demo: ## everything on a fresh machine: install, data, train, infer, evaluate, e
 	rm -rf $(TRAIN_DIR) $(PRED_DIR) $(EVAL_DIR) $(SHIFTED_OUT) outputs/bundle_predictions; \
 	$(MAKE) --no-print-directory install data && \
 	$(MAKE) --no-print-directory train && \
-	$(MAKE) --no-print-directory infer evaluate shifted bundle && \
+	$(MAKE) --no-print-directory infer evaluate shifted bundle ARGS=--save-prob && \
 	$(PY) -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) \
-	  --datalist $(MANIFEST) --output_dir outputs/bundle_predictions --overwrite true && \
+	  --datalist $(MANIFEST) --output_dir outputs/bundle_predictions --overwrite true --mni_location false && \
 	echo && $(PY) -m pipeline compare in-domain=$(EVAL_DIR) shifted=$(SHIFTED_OUT)/evaluation \
 	  --out outputs/domains.md && \
 	echo && echo "demo finished in $$(( $$(date +%s) - start )) s" && \
-	echo "  reports:     $(EVAL_DIR)/report.html (in-domain), $(SHIFTED_OUT)/evaluation/report.html (shifted)" && \
+	echo "  reports:     $(EVAL_DIR)/report.html (in-domain), $(SHIFTED_OUT)/evaluation/report.html (shifted): viewer, calibration" && \
+	echo "  lesions:     $(PRED_DIR)/lesions.csv, $(SHIFTED_OUT)/predictions/lesions.csv (one row per lesion, MNI location)" && \
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
 	echo "  MLflow run:  $$(cat $(TRAIN_DIR)/mlflow_run_id.txt) in sqlite:///mlflow.db; open the UI with: make mlflow-ui"
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from monai.transforms import Compose, MapTransform, Randomizable, RandomizableTransform
 
-__all__ = ["RandLowResolutiond", "RandPerChanneld", "ForegroundOnlyd"]
+__all__ = ["RandLowResolutiond", "RandPerChanneld", "ForegroundOnlyd", "RandChannelDropoutd"]
 
 
 class RandLowResolutiond(RandomizableTransform, MapTransform):
@@ -134,4 +134,30 @@ class ForegroundOnlyd(Randomizable, MapTransform):
         d = self.chain(d)
         for key, zero in background.items():
             d[key] = torch.as_tensor(d[key]).masked_fill(zero, 0.0)
+        return d
+
+
+class RandChannelDropoutd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, blank one of ``channels`` (chosen at random) of a z-scored patch: set it to 0,
+    the head's mean, as if that sequence said nothing. A model that sometimes trains without FLAIR has to find
+    infarcts from DWI and ADC alone (bright on one, dark on the other), so a FLAIR unlike its training FLAIRs
+    (another inversion time, CSF not nulled) cannot lead it astray. Modality dropout, as in HeMIS (Havaei et
+    al. 2016) and nnU-Net-style robustness studies."""
+
+    def __init__(self, keys, prob: float = 0.0, channels: Sequence[int] = (), allow_missing_keys: bool = False):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.channels = [int(c) for c in channels]
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform or not self.channels:
+            return d
+        channel = self.channels[int(self.R.randint(len(self.channels)))]
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key]).clone()
+            if channel < x.shape[0]:
+                x[channel] = 0
+            d[key] = x
         return d

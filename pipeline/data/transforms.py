@@ -28,7 +28,7 @@ import numpy as np
 from monai import transforms as mt
 
 from pipeline.data.antialias import AntiAliasd
-from pipeline.data.augment import ForegroundOnlyd, RandLowResolutiond, RandPerChanneld
+from pipeline.data.augment import ForegroundOnlyd, RandChannelDropoutd, RandLowResolutiond, RandPerChanneld
 from pipeline.data.deform import RandDeformd
 from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, FieldOfViewd, normalisation
 from pipeline.errors import ConfigError, InputError
@@ -53,6 +53,7 @@ DEFAULT_AUGMENT = {
     "bias_field": {"prob": 0.0, "coeff_range": [0.0, 0.07], "degree": 3},
     "blur": {"prob": 0.0, "sigma": [0.5, 1.5]},
     "noise": {"prob": 0.0, "std": 0.1},
+    "channel_dropout": {"prob": 0.0, "channels": []},
 }
 
 
@@ -193,7 +194,10 @@ def acquisition_shift(a: dict) -> list:
         chain.append(mt.RandGaussianSmoothd(IMAGE, sigma_x=s, sigma_y=s, sigma_z=s, prob=a["blur"]["prob"]))
     if a["noise"]["prob"] > 0:
         chain.append(mt.RandGaussianNoised(IMAGE, std=a["noise"]["std"], prob=a["noise"]["prob"]))
-    return [ForegroundOnlyd(IMAGE, chain)] if chain else []
+    out = [ForegroundOnlyd(IMAGE, chain)] if chain else []
+    if a["channel_dropout"]["prob"] > 0:
+        out.append(RandChannelDropoutd(IMAGE, **a["channel_dropout"]))
+    return out
 
 
 def augmentation(spatial_dims: int, patch_size: Sequence[int], augment: dict, extra_keys: Sequence[str] = ()) -> list:

@@ -99,3 +99,17 @@ def test_unknown_augmentation_is_a_config_error_naming_the_known_ones():
     with pytest.raises(ConfigError, match="unknown smooth; known: elastic"):
         augment_settings({"smooth": {"prob": 0.1}})
     assert set(augment_settings({})) == set(DEFAULT_AUGMENT)
+
+
+def test_channel_dropout_blanks_only_the_listed_channel_and_probability_0_is_the_identity():
+    from pipeline.data.augment import RandChannelDropoutd
+
+    data = _patch()
+    out = torch.as_tensor(RandChannelDropoutd("image", prob=1.0, channels=[2]).set_random_state(0)(dict(data))["image"])
+    assert tuple(out.shape) == tuple(data["image"].shape)
+    assert torch.count_nonzero(out[2]) == 0 and torch.equal(out[:2], data["image"][:2])  # DWI and ADC untouched
+    off = RandChannelDropoutd("image", prob=0.0, channels=[2])(dict(data))["image"]
+    assert torch.equal(torch.as_tensor(off), data["image"])
+    t = RandChannelDropoutd("image", prob=0.3, channels=[2]).set_random_state(1)
+    blanked = sum(int(torch.count_nonzero(torch.as_tensor(t(dict(data))["image"])[2]) == 0) for _ in range(400))
+    assert 90 < blanked < 150  # about 30% of patches
