@@ -20,6 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import InputError
 from pipeline.io import atomic_path
 
@@ -44,6 +46,7 @@ class Series:
     number: int
     kind: str | None = None
     bvalues: list[float] = field(default_factory=list)
+    problem: str | None = None  # why it cannot be converted (a damaged file, a missing slice)
 
 
 def classify(ds) -> str | None:
@@ -70,13 +73,14 @@ def _bvalue(ds) -> float | None:
 
 
 def find_series(root: str | Path) -> list[Series]:
-    """Every DICOM series in the folders under ``root``, classified."""
+    """Every DICOM series in the folders under ``root``, classified and checked (:func:`_check`)."""
     import pydicom
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
     out = []
     for folder in sorted({p.parent for p in Path(root).rglob("*") if p.is_file()}):
+        found = []
         for uid in reader.GetGDCMSeriesIDs(str(folder)) or ():
             files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
             headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
@@ -85,9 +89,61 @@ def find_series(root: str | Path) -> list[Series]:
                             str(getattr(first, "StudyInstanceUID", "")), str(getattr(first, "SeriesDescription", "")),
                             int(getattr(first, "SeriesNumber", 0) or 0), classify(first))
             series.bvalues = [_bvalue(h) for h in headers]
-            series.files = _one_volume(series, headers)
-            out.append(series)
+            try:
+                series.files = _one_volume(series, headers)
+            except InputError as err:
+                series.problem = str(err)
+            found.append(series)
+        _check(folder, found)
+        out += found
     return out
+
+
+def _check(folder: Path, series: list[Series]) -> None:
+    """Mark series that cannot be converted faithfully: an image file of theirs that the series reader left out
+    (damaged), pixel data shorter than the header says, or a gap in the slice positions (a missing file)."""
+    import pydicom
+
+    listed = {str(Path(f).resolve()) for s in series for f in s.files}
+    by_uid = {s.uid: s for s in series}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and str(p.resolve()) not in listed):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM (a note, a DICOMDIR's neighbour): not ours
+            continue
+        owner = by_uid.get(str(getattr(ds, "SeriesInstanceUID", "")))
+        if owner is not None and "ImagePositionPatient" in ds and not owner.problem:
+            owner.problem = f"{path}: damaged DICOM file (left out by the series reader)"
+    for s in series:
+        if s.problem:
+            continue
+        for path in s.files:
+            ds = pydicom.dcmread(path)
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            if syntax is not None and not syntax.is_compressed and "PixelData" in ds:
+                expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1)) \
+                    * int(ds.BitsAllocated) // 8 * int(getattr(ds, "NumberOfFrames", 1) or 1)
+                if len(ds.PixelData) < expected:
+                    s.problem = f"{path}: pixel data cut short ({len(ds.PixelData)} of {expected} bytes)"
+                    break
+        if not s.problem:
+            s.problem = _slice_gap(s)
+
+
+def _slice_gap(series: Series) -> str | None:
+    """A one-line problem when the slice positions along the normal are not evenly spaced (a file missing)."""
+    import pydicom
+
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    if len(headers) < 3 or any("ImagePositionPatient" not in h for h in headers):
+        return None
+    orientation = np.asarray(headers[0].ImageOrientationPatient, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    steps = np.diff(np.sort([float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers]))
+    if steps.min() <= 0 or steps.max() > 1.5 * np.median(steps):
+        return (f"slice positions of series {series.description!r} are not evenly spaced (steps {steps.min():.2f}-"
+                f"{steps.max():.2f} mm): a slice is missing or repeated in {Path(series.files[0]).parent}")
+    return None
 
 
 def _one_volume(series: Series, headers) -> list[str]:
@@ -144,6 +200,10 @@ def dicom_to_nifti(root: str | Path, out: str | Path, manifest: str | Path | Non
                             found[0].description)
             if found:
                 chosen[kind] = found[0]
+        damaged = next((s.problem for s in chosen.values() if s.problem), None)
+        if damaged:
+            failed.append((subject, damaged))
+            continue
         missing = [k for k in CHANNELS if k not in chosen]
         if missing:
             found = ", ".join(repr(s.description) for s in members)

@@ -79,3 +79,23 @@ def test_series_are_told_apart_by_their_description_and_image_type():
     assert classify(Header("AX DWI", ["ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW"])) == "dwi"
     assert classify(Header("Ax T2 FLAIR")) == "flair"
     assert classify(Header("t1_mprage")) is None
+
+
+def test_a_damaged_file_fails_its_subject_in_one_line_naming_it_and_the_others_are_converted(tmp_path):
+    _study(tmp_path / "dicom", patient="P001")
+    _study(tmp_path / "dicom", patient="P0002")
+    broken = sorted((tmp_path / "dicom" / "P0002" / "adc").glob("*.dcm"))[3]
+    broken.write_bytes(broken.read_bytes()[:-700])  # pixel data cut short, as a failed copy leaves it
+    result = dicom_to_nifti(tmp_path / "dicom", tmp_path / "nifti")
+    assert [c["id"] for c in result["testing"]] == ["sub-P001_ses-0001"]
+    [(subject, reason)] = result["failed"]
+    assert subject == "sub-P0002" and "\n" not in reason and "adc" in reason
+    assert not (tmp_path / "nifti" / "sub-P0002").exists()  # nothing half-written
+
+
+def test_a_missing_slice_is_named_instead_of_a_silently_stretched_volume(tmp_path):
+    _study(tmp_path / "dicom", patient="P001")
+    sorted((tmp_path / "dicom" / "P001" / "dwi").glob("*.dcm"))[5].unlink()
+    result = dicom_to_nifti(tmp_path / "dicom", tmp_path / "nifti")
+    [(subject, reason)] = result["failed"]
+    assert subject == "sub-P001" and "not evenly spaced" in reason and "dwi" in reason
