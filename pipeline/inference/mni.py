@@ -109,34 +109,52 @@ def _overlap(fixed_mask, moving, transform) -> float:
     return float(2 * (foreground & brain).sum() / max(foreground.sum() + brain.sum(), 1))
 
 
-def register_to_mni(image: nib.Nifti1Image, min_overlap: float = 0.5, seed: int = 0,
-                    iterations: int = 100) -> MniMapping:
-    """Affine registration of ``image`` onto the template; its scanner -> MNI matrix and the check."""
+def register_to_mni(image: nib.Nifti1Image, min_overlap: float = 0.5, seed: int = 0, iterations: int = 100,
+                    attempts: int = 3, good_overlap: float = 0.8) -> MniMapping:
+    """Affine registration of ``image`` onto the template; its scanner -> MNI matrix and the check.
+
+    Mutual information with sampled voxels, multi-threaded, does not land in the same place every run and now
+    and then stops in a wrong one (measured: 1 case in 28 of ``make demo``); so up to ``attempts`` runs with
+    other seeds are made until one reaches ``good_overlap``, and the best is kept. A head scaled by more than
+    35% either way fails the check, whatever the overlap."""
     import SimpleITK as sitk
 
     fixed, fixed_mask = template()
     moving = _to_sitk(image)
     top = float(np.percentile(sitk.GetArrayViewFromImage(moving), 99.5))
     moving = sitk.Clamp(moving, sitk.sitkFloat32, 0.0, max(top, 1e-6))
+    best = None
+    for attempt in range(attempts):
+        matrix, overlap = _register_once(fixed, fixed_mask, moving, seed + attempt, iterations)
+        scale = float(np.cbrt(abs(np.linalg.det(matrix[:3, :3]))))
+        overlap = overlap if 1 / 1.35 <= scale <= 1.35 else 0.0
+        if best is None or overlap > best[1]:
+            best = (matrix, overlap)
+        if overlap >= good_overlap:
+            break
+    return MniMapping(best[0], best[1], best[1] >= min_overlap)
+
+
+def _register_once(fixed, fixed_mask, moving, seed: int, iterations: int) -> tuple[np.ndarray, float]:
+    """Rigid then affine; the scanner (RAS) -> MNI matrix and the brain overlap it reaches."""
+    import SimpleITK as sitk
+
     start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                               sitk.CenteredTransformInitializerFilter.MOMENTS)
-    rigid = _stage(fixed, moving, start, seed, iterations)
+    rigid = sitk.Euler3DTransform(sitk.CompositeTransform(_stage(fixed, moving, start, seed, iterations))
+                                  .GetNthTransform(0))
     affine = sitk.AffineTransform(3)
-    affine.SetCenter(start.GetCenter())
-    composite = sitk.CompositeTransform(rigid)
-    euler = sitk.Euler3DTransform(composite.GetNthTransform(0)) if composite.GetNumberOfTransforms() else start
-    affine.SetMatrix(euler.GetMatrix())
-    affine.SetTranslation(euler.GetTranslation())
-    final = _stage(fixed, moving, affine, seed, iterations)
-    final = sitk.AffineTransform(sitk.CompositeTransform(final).GetNthTransform(0))
-    overlap = _overlap(fixed_mask, moving, final)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    final = sitk.AffineTransform(sitk.CompositeTransform(_stage(fixed, moving, affine, seed, iterations))
+                                 .GetNthTransform(0))
     # the transform maps MNI (fixed) points to scanner (moving) points, both LPS: invert, then back to RAS
     forward = np.eye(4)
     forward[:3, :3] = np.reshape(final.GetMatrix(), (3, 3))
     centre = np.asarray(final.GetCenter())
     forward[:3, 3] = np.asarray(final.GetTranslation()) + centre - forward[:3, :3] @ centre
-    matrix = LPS @ np.linalg.inv(forward) @ LPS
-    return MniMapping(matrix, overlap, overlap >= min_overlap)
+    return LPS @ np.linalg.inv(forward) @ LPS, _overlap(fixed_mask, moving, final)
 
 
 def _signature(path: Path) -> str:
