@@ -37,8 +37,10 @@ INFERENCE_HEADER = """\
 # Segment stroke lesions with this bundle's model (MONAI bundle config; written by `python -m pipeline export`).
 #   python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . \\
 #       --datalist CASES.json [--dataset_dir DIR] --output_dir OUT [--split testing|training|all] \\
-#       [--settings#tta_axes [0,1,2]]
-# Writes OUT/<id>.nii.gz (uint8 masks on each case's own DWI grid) and OUT/volumes.csv. See docs/README.md.
+#       [--settings#tta_axes [0,1,2]] [--mni_location false] [--dicom_seg true]
+# Writes OUT/<id>.nii.gz (uint8 masks on each case's own DWI grid), OUT/volumes.csv and OUT/lesions.csv (one row
+# per lesion; lesion_table), with its MNI location (mni_location: registration to ICBM152, cached in
+# OUT/registration); dicom_seg adds OUT/<id>_seg.dcm for cases from dicom2nifti. See docs/README.md.
 """
 
 
