@@ -60,15 +60,20 @@ def classify(ds) -> str | None:
 
 
 def _bvalue(ds) -> float | None:
+    """The diffusion b-value from the standard tag or a vendor's private one (bytes or a list: its first value)."""
     for tag in _BVALUE_TAGS:
-        if tag in ds:
-            value = ds[tag].value
-            value = value[0] if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and \
-                not isinstance(value, (str, bytes)) else value
-            try:
-                return float(value if not isinstance(value, bytes) else value.decode(errors="ignore").strip("\0 "))
-            except (TypeError, ValueError):
-                continue
+        if tag not in ds:
+            continue
+        value = ds[tag].value
+        if isinstance(value, bytes):
+            value = value.decode(errors="ignore").strip("\0 ").split("\\")[0]
+        elif hasattr(value, "__len__") and not isinstance(value, str):
+            value = value[0] if len(value) else None
+        try:
+            b = float(value)
+        except (TypeError, ValueError):
+            continue
+        return b % 1e9 if b >= 1e9 else b  # GE writes some b-values plus 10^9
     return None
 
 

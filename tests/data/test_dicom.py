@@ -99,3 +99,15 @@ def test_a_missing_slice_is_named_instead_of_a_silently_stretched_volume(tmp_pat
     result = dicom_to_nifti(tmp_path / "dicom", tmp_path / "nifti")
     [(subject, reason)] = result["failed"]
     assert subject == "sub-P001" and "not evenly spaced" in reason and "dwi" in reason
+
+
+def test_b_values_are_read_from_the_standard_and_the_vendor_tags():
+    import pydicom
+
+    from pipeline.data.dicom import _bvalue
+
+    standard, siemens, ge, none = (pydicom.Dataset() for _ in range(4))
+    standard.DiffusionBValue = 1000
+    siemens.add_new((0x0019, 0x100C), "UN", b"800\0")  # a private tag read without its dictionary
+    ge.add_new((0x0043, 0x1039), "IS", [1000001500, 8, 0, 0])
+    assert (_bvalue(standard), _bvalue(siemens), _bvalue(ge), _bvalue(none)) == (1000.0, 800.0, 1500.0, None)
