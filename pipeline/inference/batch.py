@@ -131,7 +131,7 @@ def _lesions_of(case: dict, result: dict, settings, registration_dir: Path | Non
                 else None for k in ("dwi", "adc"))
     truth = channel_on_grid(case["label"], ref, order=0) > 0.5 if case.get("label") else None
     mapping = None
-    if registration_dir is not None and result["mask"].any():
+    if registration_dir is not None and (result["mask"].any() or (truth is not None and truth.any())):
         try:
             mapping = cached_mapping(case["image"][0], registration_dir, cid)
         except Exception as err:  # noqa: BLE001 - no location rather than no table

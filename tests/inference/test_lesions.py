@@ -7,6 +7,7 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.transform import Rotation
 
 from conftest import BrightIsLesion, lps_affine, oblique_lps_case, write_nifti
@@ -133,3 +134,21 @@ def test_infer_writes_one_row_per_lesion_beside_volumes_csv(tmp_path):
     assert sum(float(r["volume_ml"]) for r in rows) == pytest.approx(float(volume["lesion_ml"]), rel=1e-3)
     assert rows[0]["detected"] == "True"  # the manifest's label marks the blob
     assert rows[0]["mni_x"] == ""        # --no-mni
+
+
+class _FindsNothing(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([torch.full_like(x[:, :1], 10.0), torch.full_like(x[:, :1], -10.0)], 1)
+
+
+def test_a_lesion_the_model_missed_still_gets_its_mni_location(tmp_path):
+    path, mask, ref = _template_case(tmp_path, np.array([-30.0, -20.0, 10.0]))
+    label = write_nifti(tmp_path / "label.nii.gz", mask, ref.affine)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": [dict(id="t1case", image=[str(path)], label=str(label))]}))
+    settings = Settings(roi_size=[32, 32, 32], channels=1, spacing=[3.0, 3.0, 3.0], diffusion_check=None)
+    segment_datalist(Predictor(_FindsNothing(), settings), manifest, tmp_path / "out", progress=False)
+    with open(tmp_path / "out" / "lesions.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["kind"] == "missed" and row["hemisphere"] == "left"
+    assert abs(float(row["mni_x"]) + 30.0) < 5.0
