@@ -47,6 +47,7 @@ class Series:
     kind: str | None = None
     bvalues: list[float] = field(default_factory=list)
     problem: str | None = None  # why it cannot be converted (a damaged file, a missing slice)
+    headers: list = field(default_factory=list, repr=False)  # of ``files``, read once without pixel data
 
 
 def classify(ds) -> str | None:
@@ -94,8 +95,9 @@ def find_series(root: str | Path) -> list[Series]:
                             str(getattr(first, "StudyInstanceUID", "")), str(getattr(first, "SeriesDescription", "")),
                             int(getattr(first, "SeriesNumber", 0) or 0), classify(first))
             series.bvalues = [_bvalue(h) for h in headers]
+            series.headers = headers
             try:
-                series.files = _one_volume(series, headers)
+                series.files, series.headers = _one_volume(series, headers)
             except InputError as err:
                 series.problem = str(err)
             found.append(series)
@@ -137,9 +139,7 @@ def _check(folder: Path, series: list[Series]) -> None:
 
 def _slice_gap(series: Series) -> str | None:
     """A one-line problem when the slice positions along the normal are not evenly spaced (a file missing)."""
-    import pydicom
-
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    headers = series.headers
     if len(headers) < 3 or any("ImagePositionPatient" not in h for h in headers):
         return None
     orientation = np.asarray(headers[0].ImageOrientationPatient, float)
@@ -151,17 +151,18 @@ def _slice_gap(series: Series) -> str | None:
     return None
 
 
-def _one_volume(series: Series, headers) -> list[str]:
-    """The files of one volume: all of them, or those of the highest b-value when positions repeat."""
+def _one_volume(series: Series, headers) -> tuple[list[str], list]:
+    """The files (and headers) of one volume: all, or those of the highest b-value when positions repeat."""
     positions = [tuple(round(float(v), 2) for v in getattr(h, "ImagePositionPatient", ())) for h in headers]
     if len(set(positions)) == len(positions):
-        return series.files
+        return series.files, headers
     known = [b for b in series.bvalues if b is not None]
     if not known:
         raise InputError(f"series {series.description!r} has {len(positions)} images at {len(set(positions))} "
                          "slice positions and no b-values to tell its volumes apart", path=str(series.files[0]))
     top = max(known)
-    return [f for f, b in zip(series.files, series.bvalues, strict=True) if b == top]
+    kept = [i for i, b in enumerate(series.bvalues) if b == top]
+    return [series.files[i] for i in kept], [headers[i] for i in kept]
 
 
 def _subject_id(patient: str, index: int) -> str:

@@ -70,14 +70,16 @@ def lesion_rows(case_id: str, mask: np.ndarray, reference: nib.Nifti1Image, prob
     rows = []
     labels = cc3d.connected_components(mask > 0, connectivity=26)
     for kind, lab in [("predicted", labels)] + ([("missed", _missed(truth, mask > 0))] if truth is not None else []):
+        number = 0
         for index, box in enumerate(cc3d.statistics(lab)["bounding_boxes"][1:], start=1):
             voxels = np.argwhere(lab[box] == index) + [s.start for s in box]
             if not len(voxels):
                 continue
+            number += 1
             points = voxels @ affine[:3, :3].T + affine[:3, 3]
             centre = points.mean(0)
             where = tuple(voxels.T)
-            row = dict(id=case_id, lesion=len([r for r in rows if r["kind"] == kind]) + 1, kind=kind,
+            row = dict(id=case_id, lesion=number, kind=kind,
                        volume_ml=round(len(voxels) * voxel_ml, 4),
                        **{f"{a}_mm": round(float(v), 1) for a, v in zip("xyz", centre, strict=True)},
                        max_diameter_mm=round(max_diameter_mm(points), 1),
