@@ -30,6 +30,7 @@ from monai import transforms as mt
 from pipeline.data.antialias import AntiAliasd
 from pipeline.data.augment import ForegroundOnlyd, RandChannelDropoutd, RandLowResolutiond, RandPerChanneld
 from pipeline.data.deform import RandDeformd
+from pipeline.data.lesion_sampling import LesionWeightedIndicesd
 from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, FieldOfViewd, normalisation
 from pipeline.errors import ConfigError, InputError
 
@@ -133,15 +134,17 @@ def _crop_size(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> l
 
 
 def sampling(spatial_dims: int, patch_size: Sequence[int], augment: dict, pos: float = 1.0, neg: float = 1.0,
-             num_samples: int = 2, extra_keys: Sequence[str] = ()) -> list:
-    """Pad to the sampling region, precompute fg/bg indices (cached; negatives from inside the head), then draw
-    patches (or axial slices); the head mask and ``extra_keys`` (a weight map) are cropped with the label."""
+             num_samples: int = 2, extra_keys: Sequence[str] = (), pos_size_power: float = 1.0) -> list:
+    """Pad to the sampling region, precompute fg/bg indices (cached; negatives from inside the head; positives
+    weighted per lesion by ``size ** pos_size_power``, :mod:`pipeline.data.lesion_sampling`), then draw patches
+    (or axial slices); the head mask and ``extra_keys`` (a weight map) are cropped with the label."""
     crop = _crop_size(spatial_dims, patch_size, augment)
     pad_to = crop if spatial_dims == 3 else crop[:2] + [-1]
     keys = [IMAGE, LABEL, HEAD, *extra_keys]
     chain = [
         mt.SpatialPadd(keys, spatial_size=pad_to),
         mt.FgBgToIndicesd(LABEL, image_key=HEAD, image_threshold=0.5),
+        *([LesionWeightedIndicesd(LABEL, pos_size_power)] if pos_size_power != 1.0 else []),
         mt.RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=crop, pos=pos, neg=neg,
                                   num_samples=num_samples, fg_indices_key=f"{LABEL}_fg_indices",
                                   bg_indices_key=f"{LABEL}_bg_indices"),
@@ -222,7 +225,7 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
                      augment: dict | None = None, pos: float = 1.0, neg: float = 1.0, num_samples: int = 2,
                      register: bool = False, n4: bool = False, volume_index: int | None = None,
                      label_threshold: float | None = None, weight_map: dict | None = None,
-                     normalise: dict | None = None) -> mt.Compose:
+                     normalise: dict | None = None, pos_size_power: float = 1.0) -> mt.Compose:
     """Deterministic front (cacheable), then patch sampling and augmentation.
 
     ``weight_map`` (``{"w0", "sigma_mm", "class_balance"}``) adds the U-Net paper's boundary weights as
@@ -240,7 +243,7 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
 
         chain.append(BoundaryWeightMapd(LABEL, WEIGHT, **weight_map))
         extra = [WEIGHT]
-    chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples, extra)
+    chain += sampling(spatial_dims, patch_size, augment, pos, neg, num_samples, extra, pos_size_power)
     chain += augmentation(spatial_dims, patch_size, augment, extra)
     chain.append(mt.EnsureTyped([IMAGE, LABEL, *extra], track_meta=False))
     return mt.Compose(chain)
