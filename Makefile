@@ -14,7 +14,10 @@ TORCH_INDEX ?=
 # Training data: DOMAIN random draws each subject's acquisition from what a multi-centre cohort spans
 # (pipeline/data/domains.yaml; fixed: one protocol, SPACING=2 its grid). The shifted-domain test set is drawn
 # from ranges outside the training ones, with another seed: measured beside the in-domain test split.
-SUBJECTS ?= 48
+# 96 subjects, 12 held out: more acquisitions at the same training steps (84 training subjects vs 36) lifted the
+# shifted-domain test Dice 0.605 -> 0.658 and in-domain 0.767 -> 0.842 (one seed; bundle docs); ~2 min more synthesis
+SUBJECTS ?= 96
+TEST_FRACTION ?= 0.125
 DOMAIN ?= random
 SPACING ?=
 SEED ?= 0
@@ -60,11 +63,11 @@ install-browser: ## Chromium from the system packages (apt), for the report view
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null && chromium --version; \
 	else sudo apt-get install -y chromium; fi
 
-data: $(MANIFEST) $(SHIFTED_MANIFEST) ## synthesise SUBJECTS=48 training/test subjects (DOMAIN=random) and 16 shifted-domain test subjects
+data: $(MANIFEST) $(SHIFTED_MANIFEST) ## synthesise SUBJECTS=96 training/test subjects (DOMAIN=random) and 16 shifted-domain test subjects
 
 $(MANIFEST): | $(STAMP)
 	$(PY) -m pipeline synth --domain $(DOMAIN) --out $(DATA_DIR) --subjects $(SUBJECTS) --seed $(SEED) \
-	  $(if $(SPACING),--spacing $(SPACING)) --test-fraction 0.25 --manifest $(MANIFEST) --preview $(DATA_DIR)/preview.png
+	  $(if $(SPACING),--spacing $(SPACING)) --test-fraction $(TEST_FRACTION) --manifest $(MANIFEST) --preview $(DATA_DIR)/preview.png
 
 $(SHIFTED_MANIFEST): | $(STAMP)
 	$(PY) -m pipeline synth --domain shifted --out $(SHIFTED_DIR) --subjects $(SHIFTED_SUBJECTS) \
