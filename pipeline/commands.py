@@ -163,6 +163,9 @@ def evaluate(args) -> int:
                   f"{s['ci95'][1]:.4f}  (n={s['n']})")
     free = summary["lesion_free"]
     print(f"lesion-free cases with a false lesion: {free['with_false_lesion']} of {free['cases']}")
+    vol = summary["volume_agreement"]
+    print(f"lesions over {vol['min_true_ml']:g} mL measured within {vol['tolerance']:.0%}: {vol['within']} of "
+          f"{vol['cases']} cases")
     print(f"report: {Path(args.output) / 'report.html'}")
     for failure in summary["failures"]:
         print(f"FAILED {failure['id']}: {failure['reason']}", file=sys.stderr)

@@ -21,11 +21,16 @@ def _summary(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _agreement(summary: dict) -> str:
+    vol = summary.get("volume_agreement")  # absent in evaluations written before it was added
+    return f"{vol['within']} of {vol['cases']}" if vol else "n/a"
+
+
 def domain_table(evaluations: dict[str, str | Path]) -> str:
-    """Markdown table of mean Dice (95% CI), lesion F1, absolute volume difference and false lesions in
-    lesion-free cases, one row per named evaluation folder."""
-    lines = ["| test set | cases | Dice (95% CI) | lesion F1 | AVD (mL) | lesion-free cases with a false lesion |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """Markdown table of mean Dice (95% CI), lesion F1, absolute volume difference, false lesions in
+    lesion-free cases and volumes within 30% where the lesion is over 5 mL, one row per evaluation folder."""
+    lines = ["| test set | cases | Dice (95% CI) | lesion F1 | AVD (mL) | lesion-free cases with a false lesion "
+             "| volume within 30% (lesions > 5 mL) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, folder in evaluations.items():
         summary = _summary(folder)
         m = summary["metrics"]
@@ -36,5 +41,5 @@ def domain_table(evaluations: dict[str, str | Path]) -> str:
         free = summary.get("lesion_free", {"cases": 0, "with_false_lesion": 0})
         lines.append(f"| {name} | {summary['cases']} | {m['dice']['mean']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | "
                      f"{m['lesion_f1']['mean']:.3f} | {m['avd_ml']['mean']:.2f} | "
-                     f"{free['with_false_lesion']} of {free['cases']} |")
+                     f"{free['with_false_lesion']} of {free['cases']} | {_agreement(summary)} |")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from pipeline.evaluation.metrics import METRIC_COLUMNS, case_metrics
 from pipeline.evaluation.plots import ras_slice, report_figures
 from pipeline.io import atomic_path, write_json_atomic
 
-__all__ = ["evaluate", "summarise", "bootstrap_ci"]
+__all__ = ["evaluate", "summarise", "bootstrap_ci", "volume_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,14 @@ def summarise(rows: list[dict]) -> dict:
                         std=float(finite.std(ddof=1)) if len(finite) > 1 else None,
                         ci95=[lo, hi] if len(finite) else None, n=int(len(finite)))
     return out
+
+
+def volume_agreement(rows: list[dict], min_true_ml: float = 5.0, tolerance: float = 0.3) -> dict:
+    """How many cases whose true lesion volume exceeds ``min_true_ml`` are measured within ``tolerance`` of it
+    (relative): the volume a researcher reads off the mask, where it is large enough to be measured."""
+    large = [r for r in rows if r["true_ml"] > min_true_ml]
+    within = sum(abs(r["pred_ml"] - r["true_ml"]) <= tolerance * r["true_ml"] for r in large)
+    return dict(min_true_ml=min_true_ml, tolerance=tolerance, cases=len(large), within=int(within))
 
 
 def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float,
@@ -157,6 +165,7 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
                    cases=len(rows), metrics=summarise(rows) if rows else {},
                    lesion_free=dict(cases=sum(r["true_ml"] == 0 for r in rows),
                                     with_false_lesion=sum(r["true_ml"] == 0 and r["pred_ml"] > 0 for r in rows)),
+                   volume_agreement=volume_agreement(rows),
                    failures=[dict(id=c, reason=m) for c, m in failures],
                    calibration=calibration.result(),
                    detection_confidence=detection_confidence(predictions / "lesions.csv", {r["id"] for r in rows}))

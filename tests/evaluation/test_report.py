@@ -37,6 +37,9 @@ def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tiny_checkp
     free = summary["lesion_free"]
     assert free["cases"] == sum(r["true_ml"] == 0 for r in _rows(tmp_path / "eval" / "metrics.csv"))
     assert f"lesion-free cases with a false lesion: {free['with_false_lesion']} of {free['cases']}" in result.stdout
+    vol = summary["volume_agreement"]
+    assert vol["cases"] == sum(r["true_ml"] > 5 for r in _rows(tmp_path / "eval" / "metrics.csv"))
+    assert f"lesions over 5 mL measured within 30%: {vol['within']} of {vol['cases']} cases" in result.stdout
     # two evaluations side by side, as make demo prints the in-domain and shifted-domain tests
     result = run_cli("compare", f"in-domain={tmp_path / 'eval'}", f"again={tmp_path / 'eval'}", "--out",
                      str(tmp_path / "table.md"))
@@ -45,6 +48,7 @@ def test_infer_and_evaluate_cli_from_a_trained_checkpoint(synth_set, tiny_checkp
     assert rows[0].startswith("| test set | cases | Dice (95% CI)") and len(rows) == 4
     dice = summary["metrics"]["dice"]["mean"]
     assert rows[2].startswith(f"| in-domain | {len(ids)} | {dice:.3f} (") and rows[3].startswith("| again |")
+    assert rows[2].endswith(f"| {vol['within']} of {vol['cases']} |")
     # an evaluation logged to the training's MLflow run under its own name (make shifted: shifted/dice)
     from mlflow import MlflowClient
 
@@ -65,6 +69,18 @@ def _rows(path):
 
     with open(path, newline="") as f:
         return [{k: float(v) if k != "id" else v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def test_volume_agreement_counts_large_lesions_measured_within_the_tolerance():
+    from pipeline.evaluation.report import volume_agreement
+
+    rows = [dict(true_ml=10.0, pred_ml=13.0),   # +30%: within (the bound counts)
+            dict(true_ml=10.0, pred_ml=6.9),    # -31%: outside
+            dict(true_ml=20.0, pred_ml=26.5),   # +32.5%: outside
+            dict(true_ml=5.0, pred_ml=50.0),    # not over 5 mL: not counted
+            dict(true_ml=0.0, pred_ml=0.0)]
+    assert volume_agreement(rows) == dict(min_true_ml=5.0, tolerance=0.3, cases=3, within=1)
+    assert volume_agreement(rows, min_true_ml=1.0, tolerance=0.35)["within"] == 3
 
 
 def test_compare_refuses_an_evaluation_that_scored_no_case_in_one_line(tmp_path):
