@@ -22,11 +22,11 @@ def head():
     return tissue.astype(np.float32), inside
 
 
-def _normalise(channels: list[np.ndarray]) -> torch.Tensor:
+def _normalise(channels: list[np.ndarray], **settings) -> torch.Tensor:
     image = MetaTensor(torch.from_numpy(np.stack(channels)), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
     from monai.transforms import Compose
 
-    return Compose(normalisation("image", crop_margin=None))({"image": image})["image"].as_tensor()
+    return Compose(normalisation("image", crop_margin=None, **settings))({"image": image})["image"].as_tensor()
 
 
 def test_same_input_whatever_the_gain_dtype_or_units(head):
@@ -35,6 +35,23 @@ def test_same_input_whatever_the_gain_dtype_or_units(head):
     for stored in (tissue * 1e-6, np.rint(tissue * 37).astype(np.int16).astype(np.float32), tissue * 1e4):
         differ = (_normalise([stored]) - reference).abs() > 2e-2
         assert differ.float().mean() < 1e-3  # a head-edge block at the threshold may tip either way
+
+
+def test_without_clip_a_lesion_above_the_top_percentile_keeps_its_core_to_edge_contrast(head):
+    """An infarct is the brightest thing on DWI: clipping at the 99.5th percentile flattens the top 0.5% of the
+    head, the core of a larger lesion, to one value; ``clip: false`` keeps the ordering and the
+    z-scale of the percentile-clipped statistics (the hot voxels do not set it)."""
+    tissue, inside = head
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in tissue.shape], indexing="ij")
+    r2 = (x + 0.3) ** 2 + y**2 + z**2
+    lesion = inside & (r2 < 0.06)  # ~3% of the head: far more than the 0.5% above the 99.5th percentile
+    dwi = np.where(lesion, 260.0 - 200 * r2, tissue).astype(np.float32)  # graded: core 260, edge ~250
+    edge, core = lesion & (r2 > 0.04), lesion & (r2 < 0.01)
+    clipped, kept = _normalise([dwi], clip=True)[0].numpy(), _normalise([dwi], clip=False)[0].numpy()
+    assert np.ptp(clipped[core]) < 1e-6 and clipped[core].min() == clipped.max()  # the core is one flat value
+    assert kept[core].mean() > kept[edge].mean() + 0.1 and kept[lesion].max() > clipped.max()
+    between = (kept != 0) & (clipped > clipped.min() + 1e-3) & (clipped < clipped.max() - 1e-3)
+    assert between.sum() > 0.9 * inside.sum() and np.allclose(kept[between], clipped[between])  # same z-scale
 
 
 def test_noise_over_the_field_of_view_is_zeroed_and_the_head_looks_the_same(head):
