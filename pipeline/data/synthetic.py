@@ -51,7 +51,7 @@ def _step(x: np.ndarray, edge: float, width: float = 0.5) -> np.ndarray:
 
 def _template_stack(anat: Anatomy, lesion: np.ndarray):
     """The maps :func:`_sample` reads, as one (1, C, ...) channels-last tensor: built once per subject and read
-    for both its DWI and its FLAIR grid (the copy of ~240 MB cost 0.3 s a grid)."""
+    for both its DWI and its FLAIR grid (one subject 3.10 -> 2.66 s on one thread, files identical)."""
     import torch
 
     margin = float(anat.outside_mm.max())
