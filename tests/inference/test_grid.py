@@ -30,3 +30,20 @@ def test_reoriented_and_cropped_map_is_copied_back_exactly_as_monai_resamples_it
     assert to_grid(cropped[0].numpy(), np.asarray(cropped.affine), oblique).shape == (30, 26, 9)
 
 
+def test_lesions_on_the_first_and_last_thick_slices_come_back():
+    """The model grid ends near the centre of the outermost slices: a slice is averaged over the part of it
+    the model grid covers (counting the rest as zero dropped lesions that touched the first or last slice)."""
+    tilt = np.deg2rad(15)  # about x, as an oblique axial DWI: the slab edges are not planes of the model grid
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[1:3, 1:3] = [[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]]
+    reference = nib.Nifti1Image(np.zeros((24, 20, 8), np.float32), affine @ lps_affine((2.0, 2.0, 6.5)))
+    label = np.zeros(reference.shape, np.float32)
+    label[8:14, 6:12, 0] = label[8:14, 6:12, -1] = label[10:16, 8:14, 4] = 1
+    native = MetaTensor(torch.as_tensor(label)[None], affine=torch.as_tensor(reference.affine))
+    ras = mt.Orientation(axcodes="RAS", labels=RAS_LABELS)(native)
+    model = mt.Spacing(pixdim=(2.0, 2.0, 2.0), mode="nearest", padding_mode="zeros")(ras)
+    back = to_grid(model[0].numpy(), np.asarray(model.affine), reference)
+    for z in (0, 4, 7):  # each slice's lesion comes back whole, where it was, at nearly full probability
+        lesion = label[..., z] > 0
+        assert back[..., z][lesion].mean() > 0.8, z  # counted as zero: 0.6 on the outer slices
+        assert ((back[..., z] >= 0.5) == lesion).mean() > 0.98, z
