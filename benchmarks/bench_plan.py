@@ -5,7 +5,7 @@ data, plans it (``python -m pipeline plan --budget cpu``), trains the fixed defa
 for ``--epochs`` and then the planned overlay for the same number of epochs *or the fixed run's training time,
 whichever comes first* (Lightning's ``max_time``; its schedule is still set for ``--epochs``, which if anything
 handicaps the planned run), segments the held-out cases and evaluates them, all through the CLI a user runs.
-Writes ``benchmarks/results_plan.{json,md}``. About 20 minutes on 2 cores.
+Writes ``benchmarks/results_plan.{json,md}``. About 13 minutes on 2 cores.
 """
 
 from __future__ import annotations
