@@ -39,6 +39,7 @@ __all__ = ["head_mask", "channel_stats", "apply_stats", "FieldOfViewd", "HeadMas
 
 # ``clip`` stays on here for models trained before it existed (their configs do not name it); train.yaml turns it off
 DEFAULT_NORMALISE = {"lower": 0.5, "upper": 99.5, "mask_mm": 4.0, "clip": True}
+FOV_INSIDE = 0.5 - 1e-3  # the resampled field-of-view map at the acquired volume's outer faces
 MAX_STAT_VOXELS = 200_000  # percentiles and moments from an even subsample: the same to 3 decimals, 8x faster
 
 
@@ -134,9 +135,9 @@ def _plain(img) -> torch.Tensor:
 
 
 class FieldOfViewd(MapTransform):
-    """Add ``fov_key``: ones on the image's grid, to be resampled with it. Where the resampled copy falls below 1,
-    a voxel lies partly outside the acquired field of view (half a thick slice at its top and bottom, blended
-    with zeros): :class:`HeadMaskd` leaves those out rather than show the network a tissue-to-nothing ramp."""
+    """Add ``fov_key``: ones on the image's grid, to be padded with a zero border and resampled (linearly) with
+    it. Where the resampled copy falls below 0.5, a voxel's centre lies outside the acquired field of view (more
+    than half a voxel beyond the first or last slice): :class:`HeadMaskd` leaves those out."""
 
     def __init__(self, keys, fov_key: str = "fov", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -167,7 +168,7 @@ class HeadMaskd(MapTransform):
             spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
             mask = head_mask(_plain(img)[0], spacing, self.mask_mm)
             if fov is not None:
-                mask &= _plain(fov)[0].numpy() > 0.999
+                mask &= _plain(fov)[0].numpy() >= FOV_INSIDE
             d[self.mask_key] = _with_meta(img, torch.from_numpy(mask[None].astype(np.uint8)))
         return d
 

@@ -117,6 +117,9 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys), FieldOfViewd(IMAGE, FOV),
               mt.Orientationd([IMAGE, FOV] + label, axcodes="RAS", labels=RAS_LABELS)]
     if spacing:
+        # a voxel stands for its whole slab: one replicated slice on every side puts the outer half of the first
+        # and last (thick) slices on the target grid too, instead of cutting the grid at their centres
+        chain += [mt.BorderPadd(IMAGE, spatial_border=1, mode="replicate"), mt.BorderPadd([FOV] + label, 1)]
         chain.append(AntiAliasd(IMAGE, spacing))
         chain.append(mt.Spacingd([IMAGE, FOV] + label, pixdim=spacing,
                                  mode=["bilinear", "bilinear", "nearest"][: 2 + len(label)], padding_mode="zeros",

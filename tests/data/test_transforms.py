@@ -68,3 +68,25 @@ def test_wrong_channel_count_names_the_case(case):
 def test_patch_size_must_match_spatial_dims():
     with pytest.raises(ValueError, match="spatial_dims is 3"):
         train_transforms(channels=1, spatial_dims=3, spacing=None, patch_size=[32, 32])
+
+
+def test_a_lesion_on_the_last_thick_slice_reaches_the_model_grid(tmp_path):
+    """A thick slice stands for its whole slab: the model grid covers the first and last slices out to their outer
+    faces, with their own values (not cut at their centres, nor blended with zeros)."""
+    rng = np.random.default_rng(0)
+    shape, thick = (60, 60, 12), 6.0
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(float)
+    head = ((ijk[0] - 29.5) / 26) ** 2 + ((ijk[1] - 29.5) / 26) ** 2 < 1  # a head cut by the slab's ends
+    vol = np.where(head, 100.0, 0.0) + rng.normal(0, 2, shape) ** 2
+    lesion = head & ((ijk[0] - 30) ** 2 + (ijk[1] - 30) ** 2 < 25) & (ijk[2] == shape[2] - 1)
+    vol[lesion] = 200.0
+    affine = np.diag([1.5, 1.5, thick, 1.0])
+    write_nifti(tmp_path / "dwi.nii.gz", vol.astype(np.float32), affine)
+    write_nifti(tmp_path / "msk.nii.gz", lesion.astype(np.uint8), affine)
+    out = val_transforms(channels=1, spacing=[2.0, 2.0, 2.0])({"image": [str(tmp_path / "dwi.nii.gz")],
+                                                               "label": str(tmp_path / "msk.nii.gz")})
+    image, label = out["image"][0].numpy(), out["label"][0].numpy() > 0.5
+    assert label.sum() * 8 == pytest.approx(lesion.sum() * 1.5 * 1.5 * thick, rel=0.25)
+    assert (image[label] > 2).mean() > 0.9  # bright, twice the tissue, z-scored: not cut off or zeroed
+    z_mm = (np.asarray(out["image"].affine) @ [0, 0, np.nonzero(image.any(axis=(0, 1)))[0].max(), 1])[2]
+    assert z_mm > (shape[2] - 1) * thick + thick / 2 - 2.0  # the head reaches the last slice's outer face
