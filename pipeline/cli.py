@@ -96,6 +96,9 @@ def _inference_commands(sub) -> None:
     p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
     p.add_argument("--min-lesion-peak", type=float,
                    help="drop lesions whose highest probability is below this (default: the model's; 0: off)")
+    p.add_argument("--no-diffusion-check", dest="diffusion_check", action="store_false",
+                   help="keep lesions without restricted diffusion too (subacute strokes whose ADC has "
+                        "pseudo-normalised; default: the model's check)")
     p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")
     p.add_argument("--save-unc", action="store_true", help="also write <id>_unc.nii.gz (TTA variance; needs --tta)")
     p.add_argument("--dicom-seg", action="store_true",

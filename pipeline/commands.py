@@ -138,7 +138,8 @@ def infer(args) -> int:
     from pipeline.inference.predictor import Predictor
 
     overrides = dict(tta_axes=[0, 1, 2] if args.tta else None, overlap=args.overlap, threshold=args.threshold,
-                     min_lesion_ml=args.min_lesion_ml, min_lesion_peak=args.min_lesion_peak, runtime=args.runtime)
+                     min_lesion_ml=args.min_lesion_ml, min_lesion_peak=args.min_lesion_peak, runtime=args.runtime,
+                     diffusion_check=None if args.diffusion_check else False)
     predictor = Predictor.from_path(args.model, device=args.device, **overrides)
     report = segment_datalist(predictor, args.datalist, args.output, split=args.split, dataset_dir=args.dataset_dir,
                               overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc,

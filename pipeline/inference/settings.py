@@ -40,8 +40,8 @@ class Settings:
     min_lesion_ml: float = 0.0
     min_lesion_peak: float = 0.0  # keep lesions whose highest probability reaches this (hysteresis); 0: all
     # drop lesions that are not brighter on DWI and darker on ADC than their surroundings
-    # (pipeline.inference.diffusion_check; None: off)
-    diffusion_check: dict | None = None
+    # (pipeline.inference.diffusion_check; None or False: off)
+    diffusion_check: dict | bool | None = None
     inside_head_only: bool = True
     stitch_on_cpu_above_voxels: int = 32_000_000
 
