@@ -34,8 +34,9 @@ from pipeline.data.lesion_sampling import LesionWeightedIndicesd
 from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, FieldOfViewd, normalisation
 from pipeline.errors import ConfigError, InputError
 
-__all__ = ["channel_keys", "deterministic", "sampling", "augmentation", "train_transforms", "val_transforms",
-           "SplitChannelsd", "DEFAULT_AUGMENT", "augment_settings", "raw_intensity", "acquisition_shift"]
+__all__ = ["channel_keys", "deterministic", "PadThickSlicesd", "sampling", "augmentation", "train_transforms",
+           "val_transforms", "SplitChannelsd", "DEFAULT_AUGMENT", "augment_settings", "raw_intensity",
+           "acquisition_shift"]
 
 IMAGE, LABEL, WEIGHT, HEAD, FOV = "image", "label", "weight", "head", "fov"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
@@ -84,6 +85,27 @@ class SplitChannelsd(mt.MapTransform):
         return d
 
 
+class PadThickSlicesd(mt.MapTransform):
+    """One slice more at both ends of every axis coarser than ``pixdim``: the image's own outermost slices repeated,
+    zeros in ``other_keys`` (field of view, label). A slice stands for its whole slab; without this the resampled
+    grid ends at the centres of the outermost slices, and a lesion on the first or last 6 mm slice never reaches
+    the network. Axes at or finer than ``pixdim`` lose under half a target voxel and are left as they are."""
+
+    def __init__(self, image_key: str, other_keys: Sequence[str], pixdim: Sequence[float]):
+        super().__init__([image_key, *other_keys], allow_missing_keys=True)
+        self.image_key, self.pixdim = image_key, [float(p) for p in pixdim]
+
+    def __call__(self, data):
+        d = dict(data)
+        spacing = np.linalg.norm(np.asarray(d[self.image_key].affine)[:3, :3], axis=0)
+        border = [int(s > p * 1.001) for s, p in zip(spacing, self.pixdim, strict=False)]
+        if any(border):
+            for key in self.key_iterator(d):
+                mode = "replicate" if key == self.image_key else "constant"
+                d[key] = mt.BorderPad(spatial_border=border, mode=mode)(d[key])
+        return d
+
+
 def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bool = True,
                   register: bool = False, n4: bool = False, crop_margin: int = 2, spatial_dims: int = 3,
                   volume_index: int | None = None, label_threshold: float | None = None,
@@ -117,9 +139,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys), FieldOfViewd(IMAGE, FOV),
               mt.Orientationd([IMAGE, FOV] + label, axcodes="RAS", labels=RAS_LABELS)]
     if spacing:
-        # a voxel stands for its whole slab: one replicated slice on every side puts the outer half of the first
-        # and last (thick) slices on the target grid too, instead of cutting the grid at their centres
-        chain += [mt.BorderPadd(IMAGE, spatial_border=1, mode="replicate"), mt.BorderPadd([FOV] + label, 1)]
+        chain.append(PadThickSlicesd(IMAGE, [FOV] + label, spacing))
         chain.append(AntiAliasd(IMAGE, spacing))
         chain.append(mt.Spacingd([IMAGE, FOV] + label, pixdim=spacing,
                                  mode=["bilinear", "bilinear", "nearest"][: 2 + len(label)], padding_mode="zeros",
