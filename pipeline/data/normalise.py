@@ -9,8 +9,11 @@ mm^2/s, 1e-3 or 1e-6 mm^2/s, skull-stripped (zero outside the brain) or with noi
    threshold halved (keeps the dark rim and CSF that Otsu alone cuts), holes filled in 3D and slice by slice,
    the largest 26-connected component;
 2. per channel, inside that head and inside the channel's own support (a resampled FLAIR is zero outside its
-   field of view), z-scores with the mean and std of the values clipped to the ``lower``/``upper`` percentiles
-   (a few hot voxels do not set the scale); the values themselves are clipped there too only with ``clip``:
+   field of view), scales by statistics of the values clipped to the ``lower``/``upper`` percentiles (a few hot
+   voxels do not set them): ``scale="median"`` gives ``value / median - 1``, a ratio to the head's typical
+   tissue, so a lesion twice as bright reads 1 whatever else the head holds; ``"std"`` gives a z-score, whose std
+   grows with a bright scalp and with the lesion itself (a 112 mL infarct shrank its own contrast and was called
+   76-79 mL; 113-120 mL with the median). The values themselves are clipped there too only with ``clip``:
    an infarct is the brightest tissue on DWI and the darkest on ADC, and a lesion larger than the 0.5% above
    the 99.5th percentile would have its core and its partial-volume edge flattened to one value (with
    clipping, `make data`'s 1.4 and 4.0 mL test lesions were missed and in-domain Dice was 0.666; without, 0.804);
@@ -37,9 +40,11 @@ __all__ = ["head_mask", "channel_stats", "apply_stats", "FieldOfViewd", "HeadMas
            "normalisation",
            "DEFAULT_NORMALISE"]
 
-# ``clip`` stays on here for models trained before it existed (their configs do not name it); train.yaml turns it off
-DEFAULT_NORMALISE = {"lower": 0.5, "upper": 99.5, "mask_mm": 4.0, "clip": True}
+# ``clip`` and the z-score stay the defaults here for models trained before the options existed (their configs do
+# not name them); train.yaml sets clip: false, scale: median
+DEFAULT_NORMALISE = {"lower": 0.5, "upper": 99.5, "mask_mm": 4.0, "clip": True, "scale": "std"}
 FOV_INSIDE = 0.5 - 1e-3  # the resampled field-of-view map at the acquired volume's outer faces
+SCALES = ("std", "median")
 MAX_STAT_VOXELS = 200_000  # percentiles and moments from an even subsample: the same to 3 decimals, 8x faster
 
 
@@ -99,10 +104,10 @@ def head_mask(volume: np.ndarray | torch.Tensor, spacing=(1.0, 1.0, 1.0), mask_m
 
 
 def channel_stats(image: torch.Tensor, mask: np.ndarray, lower: float = 0.5, upper: float = 99.5,
-                  clip: bool = True) -> torch.Tensor:
-    """(C, 4) per-channel ``[low, high, mean, std]``: the bounds to clip to (the percentiles inside ``mask`` and
-    the channel's non-zero support with ``clip``, else -inf and inf), and the mean and std of the values clipped
-    to the percentiles."""
+                  clip: bool = True, scale: str = "std") -> torch.Tensor:
+    """(C, 4) per-channel ``[low, high, centre, scale]``: the bounds to clip to (the percentiles inside ``mask``
+    and the channel's non-zero support with ``clip``, else -inf and inf), and, of the values clipped to the
+    percentiles, the mean and std (``scale="std"``) or the median twice (``"median"``: a ratio to the median)."""
     stats = torch.tensor([[0.0, 0.0, 0.0, 1.0]] * image.shape[0], dtype=torch.float64)
     head = torch.from_numpy(np.ascontiguousarray(mask))
     for c in range(image.shape[0]):
@@ -114,7 +119,11 @@ def channel_stats(image: torch.Tensor, mask: np.ndarray, lower: float = 0.5, upp
         lo, hi = np.percentile(sample, [lower, upper])
         sample = np.clip(sample, lo, hi)
         bounds = [lo, hi] if clip else [-np.inf, np.inf]
-        stats[c] = torch.tensor([*bounds, sample.mean(), sample.std() if sample.std() > 0 else 1.0])
+        if scale == "median":
+            median = float(np.median(sample))
+            stats[c] = torch.tensor([*bounds, median, abs(median) if median != 0 else 1.0])
+        else:
+            stats[c] = torch.tensor([*bounds, sample.mean(), sample.std() if sample.std() > 0 else 1.0])
     return stats
 
 
@@ -181,20 +190,25 @@ class NormStatsd(MapTransform):
         keys: the image key, channel first.
         lower, upper: percentiles (0-100) inside the head that bound the values the mean and std are taken of.
         clip: also clip the values to them.
+        scale: ``std`` (z-scores) or ``median`` (``value / median - 1``: ratios to the head's typical tissue).
     """
 
     def __init__(self, keys, mask_key: str = "head", lower: float = 0.5, upper: float = 99.5, clip: bool = True,
-                 stats_key: str = "norm_stats", allow_missing_keys: bool = False):
+                 stats_key: str = "norm_stats", allow_missing_keys: bool = False, scale: str = "std"):
         super().__init__(keys, allow_missing_keys)
+        if scale not in SCALES:
+            raise ValueError(f"normalise scale must be one of {list(SCALES)}, not {scale!r}")
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"normalise percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
         self.mask_key, self.lower, self.upper, self.clip, self.stats_key = mask_key, lower, upper, clip, stats_key
+        self.scale = scale
 
     def __call__(self, data):
         d = dict(data)
         mask = _plain(d[self.mask_key])[0] > 0
         for key in self.key_iterator(d):
-            d[self.stats_key] = channel_stats(_plain(d[key]), mask.numpy(), self.lower, self.upper, self.clip)
+            d[self.stats_key] = channel_stats(_plain(d[key]), mask.numpy(), self.lower, self.upper, self.clip,
+                                              self.scale)
         return d
 
 
@@ -216,7 +230,7 @@ class ApplyNormd(MapTransform):
 
 
 def normalisation(keys, lower: float = 0.5, upper: float = 99.5, mask_mm: float = 4.0, crop_margin: int | None = 2,
-                  crop_keys=(), apply: bool = True, clip: bool = True) -> list:
+                  crop_keys=(), apply: bool = True, clip: bool = True, scale: str = "std") -> list:
     """Head mask, crop to it (``crop_margin`` voxels around; None: no crop) with ``crop_keys`` too, statistics,
     and (``apply``) normalisation. Training leaves ``apply`` to after its raw-intensity augmentation, so the
     ``head`` and ``norm_stats`` keys then travel with the sample."""
@@ -227,7 +241,7 @@ def normalisation(keys, lower: float = 0.5, upper: float = 99.5, mask_mm: float 
         image_keys = [keys] if isinstance(keys, str) else list(keys)
         chain.append(CropForegroundd([*image_keys, *crop_keys, "head"], source_key="head", margin=crop_margin,
                                      allow_smaller=True))
-    chain.append(NormStatsd(keys, "head", lower, upper, clip))
+    chain.append(NormStatsd(keys, "head", lower, upper, clip, scale=scale))
     return chain + ([ApplyNormd(keys)] if apply else [])
 
 

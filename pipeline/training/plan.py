@@ -4,7 +4,7 @@ Rules (sources: Isensee et al., nnU-Net, Nature Methods 2021, and ``nnunetv2/exp
 
 * Target spacing: the median spacing per axis; when the coarsest axis is more than 3x the finest (thick
   slices), that axis takes its 10th percentile instead, and never less than the finest in-plane spacing.
-* Normalisation: every MR channel is z-scored inside the head with statistics of its 0.5-99.5 percentile range,
+* Normalisation: train.yaml's for every MR channel (a ratio to the head's median, 0.5-99.5 percentile range),
   the values themselves not clipped (``normalise``; a lesion is the tail a clip would flatten); MR intensities
   have no absolute scale, ADC's units differ between sites.
 * Network (DynUNet on GPU budgets, MONAI's UNet with the same per-axis strides on CPU): an axis is pooled
@@ -129,7 +129,7 @@ def make_plan(spacings: Sequence[Sequence[float]], cropped_shapes: Sequence[Sequ
                 median_shape=[round(v, 1) for v in median_shape], patch_size=patch, strides=strides,
                 kernel_sizes=kernels,
                 filters=_filters(len(strides), b["base_filters"], b["max_filters"]), batch_size=b["batch_size"],
-                normalise="z-score inside the head with 0.5-99.5 percentile statistics, unclipped, per channel")
+                normalise="value / median - 1 inside the head (0.5-99.5 percentile range), unclipped, per channel")
     if max(target) > ANISOTROPY * min(target):
         inplane = [i for i in range(3) if target[i] <= ANISOTROPY * min(target)]
         side = int(np.sqrt(b["patch_pixels_2d"]))

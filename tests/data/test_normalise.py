@@ -54,6 +54,23 @@ def test_without_clip_a_lesion_above_the_top_percentile_keeps_its_core_to_edge_c
     assert between.sum() > 0.9 * inside.sum() and np.allclose(kept[between], clipped[between])  # same z-scale
 
 
+def test_median_scale_reads_a_lesion_as_its_ratio_to_tissue_with_or_without_a_bright_scalp(head):
+    """``scale: median``: (value - median) / median inside the head, so a lesion reads as its ratio to the head's
+    typical tissue, minus one, whether the file is skull-stripped or keeps a bright scalp shell; a z-score's
+    std is dominated by the scalp and reads the same lesion several times lower."""
+    tissue, inside = head
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in tissue.shape], indexing="ij")
+    r = (x / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 0.75) ** 2
+    shell = inside & (r > 0.85)  # a fifth of the head
+    lesion = inside & ((x - 0.2) ** 2 + y**2 + z**2 < 0.01)
+    expected = tissue[lesion].mean() / np.median(tissue[inside & ~shell]) - 1
+    with_scalp, stripped = (np.where(shell, fill, tissue).astype(np.float32) for fill in (300.0, 0.0))
+    ratio = [_normalise([img], clip=False, scale="median")[0].numpy()[lesion].mean() for img in (with_scalp, stripped)]
+    z = [_normalise([img], clip=False)[0].numpy()[lesion].mean() for img in (with_scalp, stripped)]
+    assert np.allclose(ratio, expected, rtol=0.15), (ratio, expected)
+    assert z[0] < z[1] / 3
+
+
 def test_noise_over_the_field_of_view_is_zeroed_and_the_head_looks_the_same(head):
     tissue, inside = head
     rng = np.random.default_rng(0)
