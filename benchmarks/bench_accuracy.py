@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     cases = select_cases(args.datalist, "testing")
     fast = Predictor.from_path(model, device="cpu")
     s = fast.settings
-    baseline = MonaiBaseline(fast.network, s.spacing[0], s.roi_size, s.head)
+    baseline = MonaiBaseline(fast.network, s.spacing[0], s.roi_size, s.head, s.normalise)
     results = dict(model=str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model), cases=len(cases),
                    baseline=score(lambda c: baseline.predict_case(c)["mask"], cases))
     for name, overrides in VARIANTS.items():

@@ -65,16 +65,17 @@ def _case(root: Path, spacing: float) -> dict:
 class MonaiBaseline:
     """The MONAI-defaults pipeline the project is measured against: MONAI's stock transforms throughout
     (``LoadImaged``, ``ResampleToMatchd`` of ADC and FLAIR onto DWI, ``Orientationd``, ``Spacingd``), the
-    model's own normalisation (:func:`pipeline.data.normalise.normalisation`, MONAI MapTransforms: a model
-    trained on it needs it), ``sliding_window_inference`` over the whole volume (overlap 0.5, Gaussian, eager
-    fp32, 4 windows a batch), ``ResampleToMatch`` of the probability back onto the DWI grid, threshold, nibabel
-    write. Same network, spacing and window as the project, which also runs the shipped restricted-diffusion
-    check."""
+    model's own normalisation (:func:`pipeline.data.normalise.normalisation` with the model's ``normalise``
+    settings, MONAI MapTransforms: a model trained on it needs it), ``sliding_window_inference`` over the whole
+    volume (overlap 0.5, Gaussian, eager fp32, 4 windows a batch), ``ResampleToMatch`` of the probability back
+    onto the DWI grid, threshold, nibabel write. Same network, spacing and window as the project, which also
+    runs the shipped restricted-diffusion check."""
 
-    def __init__(self, network, spacing: float, roi_size=(64, 64, 64), head: str = "softmax"):
+    def __init__(self, network, spacing: float, roi_size=(64, 64, 64), head: str = "softmax",
+                 normalise: dict | None = None):
         from monai import transforms as mt
 
-        from pipeline.data.normalise import normalisation
+        from pipeline.data.normalise import DEFAULT_NORMALISE, normalisation
         from pipeline.data.transforms import RAS_LABELS
 
         self.network, self.roi_size, self.head = network.eval(), list(roi_size), head
@@ -84,7 +85,7 @@ class MonaiBaseline:
             mt.ResampleToMatchd(keys[1:], key_dst="dwi", mode="bilinear", padding_mode="zeros", dtype=np.float32),
             mt.ConcatItemsd(keys, "image"), mt.Orientationd("image", axcodes="RAS", labels=RAS_LABELS),
             mt.Spacingd("image", pixdim=[spacing] * 3, mode="bilinear", dtype=np.float32),
-            *normalisation("image", crop_margin=None)])
+            *normalisation("image", crop_margin=None, **{**DEFAULT_NORMALISE, **(normalise or {})})])
 
     def predict_case(self, case: dict) -> dict:
         import nibabel as nib
