@@ -106,8 +106,12 @@ def main(argv=None) -> int:
 
 def evaluate_set(predictor, cases: list[dict]) -> dict:
     """Mean Dice and lesion F1 of the project's defaults, and each case's volumes (mL)."""
+    from pipeline.data.transforms import val_transforms
     from pipeline.evaluation.metrics import dice, lesion_f1
 
+    s = predictor.settings
+    prepare = val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4, spatial_dims=s.spatial_dims,
+                             volume_index=s.volume_index, crop_to_head=s.crop_to_head, normalise=s.normalise)
     rows = []
     for case in cases:
         label = nib.load(case["label"])
@@ -116,7 +120,7 @@ def evaluate_set(predictor, cases: list[dict]) -> dict:
         voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000
         rows.append(dict(id=case["id"], dice=dice(mask, truth), lesion_f1=lesion_f1(mask, truth),
                          true_ml=float(truth.sum()) * voxel_ml, pred_ml=float(mask.sum()) * voxel_ml,
-                         grid_ceiling=dice(truth_through_grid(predictor.settings, case, label), truth)))
+                         grid_ceiling=dice(truth_through_grid(prepare, case, label), truth)))
     big = [r for r in rows if r["true_ml"] > 5]
     return dict(cases=len(rows), dice=float(np.mean([r["dice"] for r in rows])),
                 lesion_f1=float(np.mean([r["lesion_f1"] for r in rows])),
@@ -125,15 +129,11 @@ def evaluate_set(predictor, cases: list[dict]) -> dict:
                                               default=None), rows=rows)
 
 
-def truth_through_grid(settings, case: dict, label: nib.Nifti1Image) -> np.ndarray:
-    """The truth mask resampled onto the model's grid (as training sees it) and put back onto its own grid
-    (as inference puts probabilities back), thresholded at 0.5."""
-    from pipeline.data.transforms import val_transforms
+def truth_through_grid(prepare, case: dict, label: nib.Nifti1Image) -> np.ndarray:
+    """The truth mask resampled onto the model's grid by ``prepare`` (the model's preprocessing with the label, as
+    training sees it) and put back onto its own grid (as inference puts probabilities back), cut at 0.5."""
     from pipeline.inference.grid import to_grid
 
-    s = settings
-    prepare = val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4, spatial_dims=s.spatial_dims,
-                             volume_index=s.volume_index, crop_to_head=s.crop_to_head, normalise=s.normalise)
     prepared = prepare(dict(case))
     on_grid = np.asarray(prepared["label"][0], dtype=np.float32)
     return to_grid(on_grid, np.asarray(prepared["image"].affine), label) >= 0.5

@@ -188,7 +188,7 @@ class NormStatsd(MapTransform):
 
     Args:
         keys: the image key, channel first.
-        lower, upper: percentiles (0-100) inside the head that bound the values the mean and std are taken of.
+        lower, upper: percentiles (0-100) inside the head that bound the values the statistics are taken of.
         clip: also clip the values to them.
         scale: ``std`` (z-scores) or ``median`` (``value / median - 1``: ratios to the head's typical tissue).
     """
