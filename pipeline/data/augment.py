@@ -35,12 +35,15 @@ class RandLowResolutiond(RandomizableTransform, MapTransform):
         prob: chance per patch.
         min_factor, max_factor: range of the coarsening factor per chosen axis.
         channel_wise: draw each channel's own axes and factors (FLAIR on another grid than DWI).
+        channel_groups: channels that share one draw, as they share one acquisition grid (e.g. ``[[0, 1], [2]]``:
+            DWI and the ADC computed from it, FLAIR on its own); channels in no group draw alone. Overrides
+            ``channel_wise``.
         axis_counts: relative frequency of coarsening 1, 2, 3... axes.
     """
 
     def __init__(self, keys, prob: float = 0.2, min_factor: float = 1.5, max_factor: float = 4.0,
                  channel_wise: bool = False, axis_counts: Sequence[float] = (0.6, 0.2, 0.2),
-                 allow_missing_keys: bool = False):
+                 channel_groups: Sequence[Sequence[int]] | None = None, allow_missing_keys: bool = False):
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, keys, allow_missing_keys)
         if not 1.0 <= min_factor <= max_factor:
@@ -48,6 +51,15 @@ class RandLowResolutiond(RandomizableTransform, MapTransform):
                              f"{max_factor}")
         self.min_factor, self.max_factor, self.channel_wise = min_factor, max_factor, channel_wise
         self.axis_counts = list(axis_counts)
+        self.channel_groups = [[int(c) for c in g] for g in channel_groups] if channel_groups else None
+
+    def groups(self, channels: int) -> list[list[int]]:
+        """The channel indices drawn together, for an image of ``channels`` channels."""
+        if self.channel_groups is None:
+            return [[c] for c in range(channels)] if self.channel_wise else [list(range(channels))]
+        groups = [[c for c in g if c < channels] for g in self.channel_groups]
+        grouped = {c for g in groups for c in g}
+        return [g for g in groups if g] + [[c] for c in range(channels) if c not in grouped]
 
     def _draw(self, ndim: int) -> list[float]:
         weights = torch.tensor(self.axis_counts[:ndim], dtype=torch.float64)
@@ -79,10 +91,9 @@ class RandLowResolutiond(RandomizableTransform, MapTransform):
             img = d[key]
             x = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
             ndim = x.ndim - 1
-            if self.channel_wise:
-                out = torch.cat([self.coarsen(x[c:c + 1].float(), self._draw(ndim)) for c in range(x.shape[0])])
-            else:
-                out = self.coarsen(x.float(), self._draw(ndim))
+            out = x.float().clone()
+            for group in self.groups(x.shape[0]):
+                out[group] = self.coarsen(x[group].float(), self._draw(ndim))
             d[key] = out.to(x.dtype)
         return d
 
@@ -138,11 +149,11 @@ class ForegroundOnlyd(Randomizable, MapTransform):
 
 
 class RandChannelDropoutd(RandomizableTransform, MapTransform):
-    """With probability ``prob``, blank one of ``channels`` (chosen at random) of a z-scored patch: set it to 0,
-    the head's mean, as if that sequence said nothing. A model that sometimes trains without FLAIR has to find
-    infarcts from DWI and ADC alone (bright on one, dark on the other), so a FLAIR unlike its training FLAIRs
-    (another inversion time, CSF not nulled) cannot lead it astray. Modality dropout, as in HeMIS (Havaei et
-    al. 2016) and nnU-Net-style robustness studies."""
+    """With probability ``prob``, blank one of ``channels`` (chosen at random) of a normalised patch: set it to 0,
+    the head's typical value (median or mean), as if that sequence said nothing. A model that sometimes trains
+    without FLAIR has to find infarcts from DWI and ADC alone (bright on one, dark on the other), so a FLAIR
+    unlike its training FLAIRs (another inversion time, CSF not nulled) cannot lead it astray. Modality dropout,
+    as in HeMIS (Havaei et al. 2016) and nnU-Net-style robustness studies."""
 
     def __init__(self, keys, prob: float = 0.0, channels: Sequence[int] = (), allow_missing_keys: bool = False):
         RandomizableTransform.__init__(self, prob)

@@ -5,8 +5,8 @@ Three chains share one deterministic front (cached by the data module):
 * ``deterministic``: load every channel, resample channels onto the first channel's grid (ISLES'22
   FLAIR has its own), optional SimpleITK registration and N4, orient RAS, resample to ``spacing``
   (smoothing first along axes that get coarser: :mod:`pipeline.data.antialias`), find the head on the first
-  channel, crop to it, and normalise whatever the storage (:mod:`pipeline.data.normalise`: percentile
-  clipping and z-score per channel inside the head, 0 outside).
+  channel, crop to it, and normalise whatever the storage (:mod:`pipeline.data.normalise`: percentile-bounded
+  per-channel scaling inside the head (median or z-score), 0 outside).
 * ``train_transforms``: the above (normalisation statistics cached, applied per patch) + patch sampling with
   a positive/negative ratio (3D patches or axial 2D slices) + augmentation of the sampled region: spatial
   (elastic, affine, flips), raw-intensity (per-channel bias field and gamma), then normalisation, then
@@ -42,12 +42,13 @@ IMAGE, LABEL, WEIGHT, HEAD, FOV = "image", "label", "weight", "head", "fov"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
 
 # Every augmentation and its defaults (prob 0: off). bias_field and gamma act per channel on raw intensities,
-# the other intensity ones on z-scored values.
+# the other intensity ones on normalised values (shift and noise are additive: in the normalisation's units).
 DEFAULT_AUGMENT = {
     "elastic": {"prob": 0.0, "grid_spacing": 16, "magnitude_range": [1.0, 2.0]},
     "affine": {"prob": 0.0, "rotate_deg": 15.0, "scale": 0.15},
     "flip": {"prob": 0.0, "axes": [0, 1, 2]},
-    "low_resolution": {"prob": 0.0, "min_factor": 1.5, "max_factor": 4.0, "channel_wise": False},
+    "low_resolution": {"prob": 0.0, "min_factor": 1.5, "max_factor": 4.0, "channel_wise": False,
+                       "channel_groups": None},
     "gamma": {"prob": 0.0, "gamma": [0.7, 1.5]},
     "contrast": {"prob": 0.0, "factors": 0.25},
     "brightness": {"prob": 0.0, "factors": 0.25},
@@ -201,7 +202,7 @@ def raw_intensity(a: dict) -> list:
 
 
 def acquisition_shift(a: dict) -> list:
-    """Low resolution and per-channel contrast, brightness, shift, blur and noise on z-scored values, each with
+    """Low resolution and per-channel contrast, brightness, shift, blur and noise on normalised values, each with
     its own probability, kept inside the head (:class:`~pipeline.data.augment.ForegroundOnlyd`)."""
     chain = []
     if a["low_resolution"]["prob"] > 0:

@@ -62,6 +62,23 @@ def test_low_resolution_draws_one_axis_most_often():
     assert np.mean(np.array(counts) == 1) > 0.45 and max(counts) == 3
 
 
+def test_low_resolution_coarsens_dwi_and_adc_alike_and_flair_on_its_own():
+    """DWI and the ADC computed from it share one acquisition grid: a simulated thick slice must coarsen both
+    alike, while FLAIR, acquired on its own, draws its own axes and factors."""
+    x = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(2)).repeat(3, 1, 1, 1)
+    t = RandLowResolutiond("image", prob=1.0, channel_groups=[[0, 1], [2]])
+    t.set_random_state(0)
+    flair_differs = 0
+    for _ in range(10):
+        out = t({"image": x.clone()})["image"]
+        assert torch.equal(out[0], out[1])
+        assert not torch.equal(out[0], x[0])
+        flair_differs += not torch.allclose(out[2], out[0])
+    assert flair_differs >= 5
+    assert t.groups(2) == [[0, 1]] and t.groups(4) == [[0, 1], [2], [3]]
+    assert RandLowResolutiond("image", channel_wise=True).groups(3) == [[0], [1], [2]]
+
+
 def test_per_channel_draws_differ_between_channels():
     from monai.transforms import RandAdjustContrast
 
