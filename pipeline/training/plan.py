@@ -13,7 +13,10 @@ Rules (sources: Isensee et al., nnU-Net, Nature Methods 2021, and ``nnunetv2/exp
   slices), up to ``max_levels`` poolings. Filters double per level from the
   budget's base, capped at its maximum.
 * Patch: the median cropped shape at the target spacing, shrunk along its longest physical axis until it fits
-  the budget's voxels, each axis a multiple of its total stride.
+  the budget's voxels, each axis a multiple of its total stride; on the CPU budget also its compute
+  (:func:`step_cost`: voxels x filters^2 summed over levels, at most the isotropic budget cube's), since a
+  plan pooled in-plane only keeps its deeper levels large: thick slices' [96, 112, 24] cost 1.85x a 64^3 cube
+  and trained 23 epochs where the fixed default trained 40.
 * CPU budget: nnU-Net's 3d_lowres spacing is the plan (a cascade is beyond 2 cores): the spacing is
   coarsened, finest axes first, until the median head holds at most 4 patches.
 * Batch size: the budget's (2 for 3D, as nnU-Net's minimum); a 2D plan is added when the target spacing is
@@ -33,8 +36,8 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-__all__ = ["BUDGETS", "ANISOTROPY", "target_spacing", "lowres_spacing", "pooling", "fit_patch", "make_plan",
-           "plan_overlay"]
+__all__ = ["BUDGETS", "ANISOTROPY", "target_spacing", "lowres_spacing", "pooling", "step_cost", "fit_patch",
+           "make_plan", "plan_overlay"]
 
 ANISOTROPY = 3.0
 LOWRES_RATIO = 4.0  # nnU-Net: a 3d_lowres configuration when the median image holds more than 4 patches
@@ -44,11 +47,11 @@ LOWRES_RATIO = 4.0  # nnU-Net: a 3d_lowres configuration when the median image h
 # full-resolution convolutions per level) measured 8x slower at the same patch on 2 cores (1.26 s vs 0.21 s)
 BUDGETS = {
     "cpu": dict(patch_voxels=64 ** 3, batch_size=2, base_filters=16, max_filters=128, patch_pixels_2d=128 ** 2,
-                batch_size_2d=8, network="unet", lowres=True),
+                batch_size_2d=8, network="unet", lowres=True, fit_compute=True),
     "gpu-8gb": dict(patch_voxels=112 ** 3, batch_size=2, base_filters=32, max_filters=320, patch_pixels_2d=256 ** 2,
-                    batch_size_2d=12, network="dynunet", lowres=False),
+                    batch_size_2d=12, network="dynunet", lowres=False, fit_compute=False),
     "gpu-24gb": dict(patch_voxels=160 ** 3, batch_size=2, base_filters=32, max_filters=320, patch_pixels_2d=512 ** 2,
-                     batch_size_2d=12, network="dynunet", lowres=False),
+                     batch_size_2d=12, network="dynunet", lowres=False, fit_compute=False),
 }
 
 
@@ -81,15 +84,30 @@ def pooling(spacing: Sequence[float], patch: Sequence[int], min_feature_map: int
     return strides, kernels
 
 
-def fit_patch(median_shape: Sequence[float], spacing: Sequence[float], max_voxels: int) -> list[int]:
-    """The median shape shrunk along its longest physical axis until it fits ``max_voxels``, each axis a
-    multiple of its total stride (at least one stride product)."""
+def step_cost(spacing: Sequence[float], patch: Sequence[int], base_filters: int = 16,
+              max_filters: int = 128) -> int:
+    """Relative work of one training step of the planned network: per level, its voxels times its filters
+    squared, summed (MONAI's UNet convolves every level with 3x3x3 kernels)."""
+    strides, _ = pooling(spacing, patch)
+    filters = _filters(len(strides), base_filters, max_filters)
+    cumulative = np.cumprod(np.asarray(strides), axis=0)
+    return int(sum(np.prod(np.asarray(patch) // c) * f * f for c, f in zip(cumulative, filters, strict=True)))
+
+
+def fit_patch(median_shape: Sequence[float], spacing: Sequence[float], max_voxels: int,
+              max_cost: int | None = None, filters: tuple[int, int] = (16, 128)) -> list[int]:
+    """The median shape shrunk along its longest physical axis until it fits ``max_voxels`` (and ``max_cost``,
+    :func:`step_cost`, when given), each axis a multiple of its total stride (at least one stride product)."""
     patch = [max(int(round(n)), 8) for n in median_shape]
     while True:
         strides, _ = pooling(spacing, patch)
         divisor = np.prod(np.asarray(strides), axis=0)
         rounded = [max(int(d), (n // int(d)) * int(d)) for n, d in zip(patch, divisor, strict=True)]
-        if int(np.prod(rounded)) <= max_voxels:
+        fits = int(np.prod(rounded)) <= max_voxels
+        if fits and max_cost is not None:
+            fits = step_cost(spacing, rounded, *filters) <= max_cost or all(
+                n <= int(d) for n, d in zip(patch, divisor, strict=True))
+        if fits:
             return rounded
         axis = int(np.argmax([n * s for n, s in zip(patch, spacing, strict=True)]))
         patch[axis] = max(patch[axis] - int(divisor[axis]), int(divisor[axis]))
@@ -123,7 +141,10 @@ def make_plan(spacings: Sequence[Sequence[float]], cropped_shapes: Sequence[Sequ
     physical = np.median(np.asarray(cropped_shapes, float) * np.asarray(spacings, float), axis=0)
     target = lowres_spacing(fullres, physical, b["patch_voxels"]) if b["lowres"] else fullres
     median_shape = [float(v) for v in physical / np.asarray(target)]
-    patch = fit_patch(median_shape, target, b["patch_voxels"])
+    filters = (b["base_filters"], b["max_filters"])
+    cube = [round(b["patch_voxels"] ** (1 / 3))] * 3
+    max_cost = step_cost([1.0, 1.0, 1.0], cube, *filters) if b["fit_compute"] else None
+    patch = fit_patch(median_shape, target, b["patch_voxels"], max_cost, filters)
     strides, kernels = pooling(target, patch)
     plan = dict(budget=budget, network=b["network"], fullres_spacing=fullres, target_spacing=target,
                 median_shape=[round(v, 1) for v in median_shape], patch_size=patch, strides=strides,

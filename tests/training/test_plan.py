@@ -8,6 +8,7 @@ import yaml
 
 from conftest import ROOT, run_cli, write_nifti
 from pipeline.errors import ConfigError
+from pipeline.training import plan as rules
 from pipeline.training.plan import fit_patch, lowres_spacing, make_plan, plan_overlay, pooling, target_spacing
 
 
@@ -33,6 +34,24 @@ def test_thick_slices_get_in_plane_pooling_and_3x3x1_kernels_until_the_spacings_
     # in-plane 0.9 -> 1.8 -> 3.6: only then is z (5.0) within 2x of the finest, so it is pooled from level 3
     assert strides[:4] == [[1, 1, 1], [2, 2, 1], [2, 2, 1], [2, 2, 2]]
     assert kernels[:3] == [[3, 3, 1], [3, 3, 1], [3, 3, 3]]
+
+
+def test_on_cpu_the_patch_also_fits_the_work_of_the_budget_cube():
+    # 64^3 x 16^2 + 32^3 x 32^2 + 16^3 x 64^2 + 8^3 x 128^2 + 4^3 x 128^2
+    cube = rules.step_cost([1.0, 1.0, 1.0], [64, 64, 64])
+    assert cube == 67_108_864 + 33_554_432 + 16_777_216 + 8_388_608 + 1_048_576
+    # thick slices pool in-plane first, so their deeper levels stay large: the voxel budget alone allows 1.85x
+    # the cube's work (23 epochs where the fixed default trained 40 in the same time)
+    by_voxels = fit_patch([150, 180, 30], [1.2, 1.2, 5.0], 64 ** 3)
+    assert by_voxels == [96, 112, 24] and rules.step_cost([1.2, 1.2, 5.0], by_voxels) > 1.8 * cube
+    # 80x80x20: 128000 x 16^2 + 32000 x 32^2 + 8000 x 64^2 + 1000 x 128^2 + 125 x 128^2
+    assert fit_patch([150, 180, 30], [1.2, 1.2, 5.0], 64 ** 3, cube) == [80, 80, 20]
+    assert rules.step_cost([1.2, 1.2, 5.0], [80, 80, 20]) == 32_768_000 * 3 + 16_384_000 + 2_048_000 <= cube
+    # the planner applies it on the CPU budget only; an isotropic plan is the cube itself, unchanged
+    assert make_plan([[1.2, 1.2, 5.0]] * 4, [[150, 180, 30]] * 4, "cpu")["patch_size"] == [80, 80, 20]
+    assert make_plan([[1.0, 1.0, 1.0]] * 4, [[160, 192, 160]] * 4, "cpu")["patch_size"] == [64, 64, 64]
+    gpu = make_plan([[0.9, 0.9, 5.0]] * 4, [[200, 230, 30]] * 4, "gpu-8gb")["patch_size"]
+    assert gpu == fit_patch([200, 230, 30], [0.9, 0.9, 5.0], 112 ** 3)
 
 
 def test_the_patch_shrinks_to_the_budget_and_divides_by_the_strides():
