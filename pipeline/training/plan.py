@@ -105,11 +105,11 @@ def fit_patch(median_shape: Sequence[float], spacing: Sequence[float], max_voxel
         rounded = [max(int(d), (n // int(d)) * int(d)) for n, d in zip(patch, divisor, strict=True)]
         fits = int(np.prod(rounded)) <= max_voxels
         if fits and max_cost is not None:
-            fits = step_cost(spacing, rounded, *filters) <= max_cost or all(
-                n <= int(d) for n, d in zip(patch, divisor, strict=True))
-        if fits:
+            fits = step_cost(spacing, rounded, *filters) <= max_cost
+        shrinkable = [i for i, (n, d) in enumerate(zip(patch, divisor, strict=True)) if n > int(d)]
+        if fits or not shrinkable:  # nothing left to shrink: the smallest patch the strides allow
             return rounded
-        axis = int(np.argmax([n * s for n, s in zip(patch, spacing, strict=True)]))
+        axis = max(shrinkable, key=lambda i: patch[i] * spacing[i])
         patch[axis] = max(patch[axis] - int(divisor[axis]), int(divisor[axis]))
 
 
