@@ -91,7 +91,7 @@ class RandLowResolutiond(RandomizableTransform, MapTransform):
             img = d[key]
             x = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
             ndim = x.ndim - 1
-            out = x.float().clone()
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # every channel is in one group
             for group in self.groups(x.shape[0]):
                 out[group] = self.coarsen(x[group].float(), self._draw(ndim))
             d[key] = out.to(x.dtype)
