@@ -143,6 +143,9 @@ def _inference_commands(sub) -> None:
     p = sub.add_parser("compare", help="evaluations side by side (e.g. the in-domain and the shifted-domain test)")
     p.add_argument("evaluations", nargs="+", metavar="NAME=FOLDER", help="a name and an evaluate output folder")
     p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--paired", action="store_true", help="also each evaluation against the first, case by case: "
+                   "the mean difference with its 95%% bootstrap CI and the Wilcoxon p (same test cases)")
+    p.add_argument("--metric", default="dice", help="the metrics.csv column --paired compares (default dice)")
     p.set_defaults(func=commands.compare)
 
 

@@ -183,7 +183,7 @@ def reslice(args) -> int:
 
 
 def compare(args) -> int:
-    from pipeline.evaluation.compare import domain_table
+    from pipeline.evaluation.compare import domain_table, paired_table
     from pipeline.io import atomic_path
 
     named = {}
@@ -193,6 +193,8 @@ def compare(args) -> int:
             raise SystemExit(f"error: {item!r}: give NAME=EVALUATION_FOLDER")
         named[name] = folder
     table = domain_table(named)
+    if args.paired:
+        table += "\n" + paired_table(named, args.metric)
     print(table, end="")
     if args.out:
         with atomic_path(args.out) as tmp:
