@@ -6,7 +6,8 @@
   cached volume (elastic on the whole volume, indices recomputed by ``RandCropByPosNegLabeld`` each time), both
   in this one process (= one worker), the shipped ``train.yaml`` augmentation with elastic and affine always on,
   the naive chain doing each intensity augmentation with MONAI's stock transform at the same probability.
-* ``train_step_s``: forward + backward + AdamW step of the default 3D U-Net on 2 patches of 64^3.
+* ``train_step_s``: forward + backward + AdamW step of the default 3D U-Net on 2 patches of 64^3; on a CPU with
+  bf16 instructions also under bf16 autocast (``train_step_bf16_s``), what ``precision: auto`` trains with there.
 * ``flops``: the network's forward FLOPs per 64^3 window (torch's FlopCounterMode), this machine's measured
   fp32 matmul peak, and the fraction of it a forward pass achieves.
 
@@ -105,18 +106,24 @@ def bench_step(repeats: int) -> dict:
     import torch
 
     from pipeline.models.losses import build_loss
+    from pipeline.training.module import cpu_has_bf16
 
     net = _network().train()
     loss = build_loss("dice_ce", "softmax")
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
     x, y = torch.randn(2, 3, 64, 64, 64), (torch.rand(2, 1, 64, 64, 64) > 0.9).float()
 
-    def step():
+    def step(bf16: bool = False):
         opt.zero_grad()
-        loss(net(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        loss(out.float(), y).backward()
         opt.step()
 
-    return dict(train_step_s=_time(step, repeats))
+    result = dict(train_step_s=_time(step, repeats))
+    if cpu_has_bf16():  # what precision: auto picks on this CPU (Lightning's bf16-mixed autocasts the same way)
+        result["train_step_bf16_s"] = _time(lambda: step(True), repeats)
+    return result
 
 
 def bench_flops(repeats: int) -> dict:
@@ -172,7 +179,10 @@ def to_markdown(r: dict) -> str:
         f"Training benchmark: median (min-max) of {r['repeats']} runs; patches in one single-threaded process "
         "(= one DataLoader worker), elastic and affine always on", "",
         "| what | value | ratio to baseline |", "| --- | --- | --- |", *rows,
-        f"| training step, 2 x 64^3, default 3D U-Net (s) | {f(r['step']['train_step_s'])} | |",
+        f"| training step, 2 x 64^3, default 3D U-Net, fp32 (baseline, s) | {f(r['step']['train_step_s'])} | 1.00 |",
+        *([f"| training step, bf16 autocast (`precision: auto` on this CPU, s) | {f(r['step']['train_step_bf16_s'])} | "
+           f"{r['step']['train_step_s']['median'] / r['step']['train_step_bf16_s']['median']:.2f}x faster |"]
+          if "train_step_bf16_s" in r["step"] else []),
         f"| forward GFLOPs per 64^3 window | {fl['flops_per_window'] / 1e9:.1f} | |",
         f"| measured fp32 matmul peak (GFLOP/s) | {fl['peak_flops_per_s'] / 1e9:.0f} | |",
         f"| forward pass of one window, eager PyTorch (s) | {f(fl['forward_s'], 3)} | |",

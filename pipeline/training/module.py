@@ -18,18 +18,28 @@ from pipeline.inference.diffusion_check import restricted_diffusion
 from pipeline.inference.predictor import keep_confident_lesions, lesion_probability, remove_small_lesions
 from pipeline.models.losses import DeepSupervisionLoss
 
-__all__ = ["LesionSegmentation", "auto_precision"]
+__all__ = ["LesionSegmentation", "auto_precision", "cpu_has_bf16"]
 
 log = logging.getLogger(__name__)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX: Intel since Cooper Lake, AMD since
+    Zen 4), which oneDNN's bf16 convolutions run on."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
+
+
 def auto_precision(precision: str = "auto") -> str:
-    """``auto``: bf16/fp16 mixed precision on a GPU, fp32 on CPU (bf16 autocast is slower on most CPUs)."""
+    """``auto``: bf16 (or fp16) mixed precision on a GPU; bf16 mixed on a CPU with bf16 instructions
+    (:func:`cpu_has_bf16`; on 2 cores of an AMD EPYC a training step of the default 3D U-Net takes 0.09 s
+    instead of 0.13 s, and `make demo`'s 33 epochs 301 s instead of 352-368 s); else fp32, since without those
+    instructions bf16 is converted in software. Any Lightning precision string passes through."""
     if precision != "auto":
         return precision
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 class LesionSegmentation(pl.LightningModule):
