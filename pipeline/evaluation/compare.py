@@ -3,7 +3,7 @@ same cases, paired case by case.
 
 Two models' mean Dice on a dozen cases differ by 0.01-0.02 from the seed alone. :func:`paired_table` scores each
 evaluation against the first on the cases both scored: the mean of the per-case differences with its 95%
-bootstrap interval, the Wilcoxon signed-rank p, and how many cases got better or worse; an interval that spans 0
+bootstrap interval, the Wilcoxon signed-rank p, and how many cases scored higher or lower; an interval that spans 0
 says the test set cannot tell the two apart.
 
 Example:
@@ -70,7 +70,8 @@ def _case_scores(folder: str | Path, metric: str) -> dict[str, float]:
 def paired_differences(reference: str | Path, other: str | Path, metric: str = "dice") -> dict:
     """``other`` minus ``reference``, case by case, on the cases both evaluations scored: the mean difference,
     its 95% bootstrap interval, the Wilcoxon signed-rank p (two-sided; 1.0 when no case differs) and the counts
-    of cases better, equal and worse."""
+    of cases scoring higher, equal and lower (for a metric where lower is better, such as
+    ``avd_ml``, "higher" is worse)."""
     from scipy.stats import wilcoxon
 
     a, b = _case_scores(reference, metric), _case_scores(other, metric)
@@ -83,7 +84,7 @@ def paired_differences(reference: str | Path, other: str | Path, metric: str = "
     return dict(metric=metric, cases=len(common), only_one=len(set(a) ^ set(b)),
                 reference=float(np.mean([a[c] for c in common])), other=float(np.mean([b[c] for c in common])),
                 mean_difference=float(diff.mean()), ci95=[low, high], wilcoxon_p=p,
-                better=int((diff > 0).sum()), equal=int((diff == 0).sum()), worse=int((diff < 0).sum()))
+                higher=int((diff > 0).sum()), equal=int((diff == 0).sum()), lower=int((diff < 0).sum()))
 
 
 def paired_table(evaluations: dict[str, str | Path], metric: str = "dice") -> str:
@@ -93,11 +94,11 @@ def paired_table(evaluations: dict[str, str | Path], metric: str = "dice") -> st
         raise InputError("a paired comparison needs two evaluations or more")
     ref = names[0]
     lines = [f"| {metric}: against {ref} | cases | {ref} | other | difference (95% CI) | Wilcoxon p "
-             "| better / equal / worse |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| higher / equal / lower |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in names[1:]:
         d = paired_differences(evaluations[ref], evaluations[name], metric)
         cases = f"{d['cases']} ({d['only_one']} in one only)" if d["only_one"] else str(d["cases"])
         lines.append(f"| {name} | {cases} | {d['reference']:.3f} | {d['other']:.3f} | {d['mean_difference']:+.3f} "
                      f"({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | {d['wilcoxon_p']:.3g} | "
-                     f"{d['better']} / {d['equal']} / {d['worse']} |")
+                     f"{d['higher']} / {d['equal']} / {d['lower']} |")
     return "\n".join(lines) + "\n"

@@ -43,9 +43,9 @@ def test_paired_difference_is_the_mean_of_per_case_differences_with_its_interval
     assert d["mean_difference"] == pytest.approx(np.mean(expected))
     assert min(expected) - 1e-9 <= d["ci95"][0] <= d["ci95"][1] <= max(expected) + 1e-9
     assert d["wilcoxon_p"] == pytest.approx(0.125)  # exact two-sided: all 4 of one sign, 2 / 2**4
-    assert (d["better"], d["equal"], d["worse"]) == (0, 0, 4)
+    assert (d["higher"], d["equal"], d["lower"]) == (0, 0, 4)
     flipped = paired_differences(b, a)
-    assert flipped["mean_difference"] == pytest.approx(-d["mean_difference"]) and flipped["better"] == 4
+    assert flipped["mean_difference"] == pytest.approx(-d["mean_difference"]) and flipped["higher"] == 4
     same = paired_differences(a, a)
     assert same["mean_difference"] == 0 and same["wilcoxon_p"] == 1.0 and same["equal"] == 5
 
