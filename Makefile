@@ -138,7 +138,7 @@ bench: $(MANIFEST) ## speed, memory and Dice vs MONAI baselines -> benchmarks/re
 	$(PY) benchmarks/bench_training.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_accuracy.py --datalist $(MANIFEST) $(if $(MODEL),--model $(MODEL))
 
-bench-plan: $(STAMP) ## planned vs fixed at the same training time on 1 mm, 2 mm and 5 mm-slice synthetic sets -> benchmarks/results_plan.md (~13 min)
+bench-plan: $(STAMP) ## planned vs fixed at the same training time on 1 mm, 2 mm and 5 mm-slice synthetic sets -> benchmarks/results_plan.md (~20 min)
 	$(PY) benchmarks/bench_plan.py $(if $(EPOCHS),--epochs $(EPOCHS))
 
 mlflow-ui: $(STAMP) ## MLflow UI on the local store at http://127.0.0.1:5000
