@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 def test_two_process_ddp_matches_one_process_validation_and_logs_one_run(synth_set, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = tiny_overrides(synth_set[1], tmp_path / "out", uri, epochs=1)
+    # fp32 on both sides: bf16 autocast (precision: auto on bf16 CPUs) rounds differently per thread layout
+    args = [*tiny_overrides(synth_set[1], tmp_path / "out", uri, epochs=1), "--precision", "32-true"]
     result = run_cli("train", *args, "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr  # two processes really ran
@@ -32,7 +33,7 @@ def test_two_process_ddp_matches_one_process_validation_and_logs_one_run(synth_s
     state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False)
+                         enable_progress_bar=False, precision=wf.parser.get_parsed_content("trainer#precision"))
     single = trainer.validate(module, datamodule=datamodule)[0]
     assert single["val/cases"] == ddp_cases
     assert abs(single["val/dice"] - ddp_dice) < 1e-6
