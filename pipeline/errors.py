@@ -5,7 +5,7 @@ The CLI turns these into one line on stderr and a non-zero exit; ``--debug`` sho
 
 from __future__ import annotations
 
-__all__ = ["PipelineError", "InputError", "ConfigError", "find_pipeline_error", "describe_error"]
+__all__ = ["PipelineError", "InputError", "ConfigError", "find_pipeline_error", "describe_error", "describe_failure"]
 
 
 class PipelineError(Exception):
@@ -51,3 +51,11 @@ def describe_error(err: BaseException) -> str:
         err = err.__cause__
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def describe_failure(err: BaseException, path: str | None = None) -> str:
+    """``FILE: reason`` for a case that failed: the file the InputError names (the damaged channel, not
+    always the first), else ``path``."""
+    known = find_pipeline_error(err)
+    where = getattr(known, "path", None) or path
+    return f"{where}: {describe_error(err)}" if where else describe_error(err)

@@ -21,13 +21,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
 from pipeline.data.manifest import load_manifest
+from pipeline.data.voxel_order import reorder_onto
 from pipeline.errors import InputError
 
 __all__ = ["AFFINE_ATOL_MM", "Problem", "CaseRules", "LoadCheckedd", "check_case", "validate_manifest",
-           "read_volume", "same_grid"]
+           "read_volume", "same_grid", "on_grid_of"]
 
 AFFINE_ATOL_MM = 1e-3  # header round-off between files of one grid stays far below this
 
@@ -99,11 +101,19 @@ class CaseRules:
         fail = lambda msg: InputError(msg, case=case, path=str(path))  # noqa: E731
         if label.dim() == 4 and label.shape[0] > 1:
             raise fail(f"label has {label.shape[0]} volumes; expected one")
-        if tuple(label.shape[1:]) != tuple(reference.shape[1:]):
-            raise fail(f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(reference.shape[1:])}")
-        diff = float((label.affine - reference.affine).abs().max())
-        if diff > AFFINE_ATOL_MM:
-            raise fail(f"label affine differs from the image's by up to {diff:.3g} mm")
+        if not on_grid_of(label, reference):
+            reordered = reorder_onto(label[0].numpy(), np.asarray(label.affine), np.asarray(reference.affine),
+                                     reference.shape[1:])
+            if reordered is None:  # resampling a mask across grids would change the annotation: refuse
+                if tuple(label.shape[1:]) != tuple(reference.shape[1:]):
+                    raise fail(f"label shape {tuple(label.shape[1:])} differs from image shape "
+                               f"{tuple(reference.shape[1:])}")
+                diff = float((label.affine - reference.affine).abs().max())
+                raise fail(f"label affine differs from the image's by up to {diff:.3g} mm")
+            # the same voxels in another order (LPS vs RAS, reversed slices): copied onto the image's grid
+            meta = {k: v for k, v in reference.meta.items() if k != "affine"}
+            meta["filename_or_obj"] = label.meta.get("filename_or_obj", str(path))
+            label = MetaTensor(torch.from_numpy(reordered)[None], affine=reference.affine.clone(), meta=meta)
         if not bool(torch.isfinite(label).all()):
             raise fail("label has NaN/Inf voxels")
         if self.label_threshold is not None:
@@ -150,16 +160,23 @@ def check_case(case: dict, rules: CaseRules) -> list[Problem]:
         except InputError as err:
             found.append(Problem("error", cid, str(path), err.reason))
             continue
+        if not int(img.meta.get("qform_code", 1)) and not int(img.meta.get("sform_code", 1)):
+            found.append(Problem("warning", cid, str(path), "no orientation in the header (qform and sform codes "
+                                 "0): its voxel axes are taken as R, A, S from the origin; check the mask's side"))
         if i == 0:
             first = img
-        elif first is not None and (img.shape[1:] != first.shape[1:]
-                                    or float((img.affine - first.affine).abs().max()) > AFFINE_ATOL_MM):
+        elif first is not None and not on_grid_of(img, first):
             found.append(Problem("warning", cid, str(path), f"on another grid than {Path(case['image'][0]).name} "
                                  f"(shape {tuple(img.shape[1:])} vs {tuple(first.shape[1:])}); it will be "
                                  "resampled onto it"))
     if case.get("label") and first is not None:
         try:
-            rules.label(rules.load(case["label"], cid), first, cid, case["label"])
+            label = rules.load(case["label"], cid)
+            rules.label(label, first, cid, case["label"])
+            if not on_grid_of(label, first):
+                found.append(Problem("warning", cid, str(case["label"]), "stored in another voxel order than "
+                                     f"{Path(case['image'][0]).name} (axes flipped or permuted): copied onto "
+                                     "its grid voxel for voxel"))
         except InputError as err:
             found.append(Problem("error", cid, str(case["label"]), err.reason))
     elif case.get("label") and not Path(case["label"]).is_file():
@@ -212,3 +229,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
     """Whether two images share shape (first three axes) and affine (to ``AFFINE_ATOL_MM``, as training checks)."""
     return a.shape[:3] == b.shape[:3] and float(np.abs(a.affine - b.affine).max()) <= AFFINE_ATOL_MM
+
+
+def on_grid_of(a, b) -> bool:
+    """Whether two channel-first MetaTensors share the spatial shape and affine (to ``AFFINE_ATOL_MM``)."""
+    return tuple(a.shape[1:]) == tuple(b.shape[1:]) and float((a.affine - b.affine).abs().max()) <= AFFINE_ATOL_MM

@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.data.checks import read_volume, same_grid
-from pipeline.errors import InputError, describe_error
+from pipeline.data.voxel_order import reorder_onto
+from pipeline.errors import InputError, describe_error, describe_failure
 from pipeline.evaluation.calibration import CalibrationAccumulator, calibration_figure, detection_confidence
 from pipeline.evaluation.metrics import METRIC_COLUMNS, case_metrics
 from pipeline.evaluation.plots import ras_slice, report_figures
@@ -76,20 +77,28 @@ def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float,
         pred, pred_img = read_volume(pred_path)
     except ValueError as err:
         raise InputError(f"prediction: {err}", case=cid, path=str(pred_path)) from None
-    if not same_grid(pred_img, truth_img):
-        raise InputError(f"prediction grid {pred_img.shape} differs from the label's {truth_img.shape}",
-                         case=cid, path=str(pred_path))
-    spacing = truth_img.header.get_zooms()[:3]
-    truth, pred = np.squeeze(truth) > 0.5, np.squeeze(pred) > 0.5
+    truth, pred = _as_3d(truth) > 0.5, _as_3d(pred) > 0.5
+    if not same_grid(pred_img, truth_img):  # a label stored in another voxel order is copied onto the image grid
+        truth = reorder_onto(truth, truth_img.affine, pred_img.affine, pred_img.shape[:3])
+        if truth is None:
+            raise InputError(f"prediction grid {pred_img.shape} differs from the label's {truth_img.shape}",
+                             case=cid, path=str(pred_path))
+    spacing = pred_img.header.get_zooms()[:3]
     row = dict(id=cid, **case_metrics(pred, truth, spacing, tolerance_mm))
     prob_path = predictions / f"{cid}_prob.nii.gz"
     if calibration is not None and prob_path.is_file():  # written by infer --save-prob
         prob, prob_img = read_volume(prob_path)
-        if not same_grid(prob_img, truth_img):
-            raise InputError("probability map grid differs from the label's", case=cid, path=str(prob_path))
-        calibration.add(np.squeeze(prob), truth)
-    image = np.squeeze(np.asanyarray(nib.load(case["image"][0]).dataobj)).astype(np.float32)
-    return row, ras_slice(image, truth, pred, truth_img.affine)
+        if not same_grid(prob_img, pred_img):
+            raise InputError("probability map grid differs from the mask's", case=cid, path=str(prob_path))
+        calibration.add(_as_3d(prob), truth)
+    image = _as_3d(np.asanyarray(nib.load(case["image"][0]).dataobj)).astype(np.float32)
+    return row, ras_slice(image, truth, pred, pred_img.affine)
+
+
+def _as_3d(data: np.ndarray) -> np.ndarray:
+    """The first volume of a NIfTI's data (x, y, z[, t, ...]), without squeezing away a one-slice axis."""
+    data = np.asarray(data)
+    return data.reshape(data.shape[:3] + (-1,))[..., 0] if data.ndim > 3 else data
 
 
 def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: str, viewer: str = "") -> str:
@@ -153,7 +162,7 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
             row, slices[cid] = _evaluate_case(case, predictions, tolerance_mm, calibration)
             rows.append(row)
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-            failures.append((cid, describe_error(err)))
+            failures.append((cid, describe_failure(err, case["label"])))
             log.error("%s: %s", cid, failures[-1][1])
     output.mkdir(parents=True, exist_ok=True)
     with atomic_path(output / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.manifest import select_cases
-from pipeline.errors import InputError, describe_error
+from pipeline.errors import InputError, describe_error, describe_failure
 from pipeline.inference.grid import like_reference
 from pipeline.inference.lesions import LESION_COLUMNS, channel_on_grid, lesion_rows
 from pipeline.inference.mni import cached_mapping
@@ -92,9 +92,8 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
                 _write_seg(case, result, output / f"{cid}_seg.dcm")
             save_nifti_atomic(like_reference(result["mask"], ref, np.uint8), target)
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-            reason = describe_error(err)
-            report.failures.append((cid, reason))
-            log.error("%s: %s: %s", cid, case["image"][0], reason)
+            report.failures.append((cid, describe_failure(err, case["image"][0])))
+            log.error("%s: %s", cid, report.failures[-1][1])
             log.debug("traceback", exc_info=True)
             continue
         report.written.append(cid)

@@ -84,6 +84,39 @@ def test_label_on_another_shape_or_affine(tmp_path):
     load(case(tmp_path / "c", label_affine=tiny_shift))
 
 
+def reordered(data: np.ndarray, affine: np.ndarray, codes=("A", "L", "I")):
+    """The same voxels stored in another axis order and direction, as another tool may save a mask."""
+    img = nib.Nifti1Image(data, affine)
+    turn = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt(codes))
+    out = img.as_reoriented(turn)
+    return np.asarray(out.dataobj), out.affine
+
+
+def test_label_stored_in_another_voxel_order_is_copied_onto_the_image_grid(tmp_path):
+    from conftest import lps_affine
+
+    affine = lps_affine(degrees=10)
+    label = np.zeros((10, 12, 8), np.uint8)
+    label[2:5, 3:9, 1:4] = 1
+    data, label_affine = reordered(label, affine)
+    assert data.shape == (12, 10, 8) and not np.allclose(label_affine, affine)
+    d = case(tmp_path, image=np.ones((10, 12, 8), np.float32), label=data, affine=affine, label_affine=label_affine)
+    out = load(d)
+    assert np.array_equal(out["label"][0].numpy(), label)  # voxel for voxel, no resampling
+    assert np.allclose(out["label"].affine.numpy(), out["image_0"].affine.numpy())
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"training": [{"id": "case7", "image": [d["image_0"]], "label": d["label"]}]}))
+    problems = validate_manifest(manifest, progress=False)
+    assert [(p.severity, Path(p.path).name) for p in problems] == [("warning", "lab.nii.gz")]
+    assert "another voxel order" in problems[0].message
+    # one voxel off after reordering is not the same grid: refused, never resampled
+    shifted = label_affine.copy()
+    shifted[:3, 3] += label_affine[:3, 0]
+    expect(case(tmp_path / "b", image=np.ones((10, 12, 8), np.float32), label=data, affine=affine,
+                label_affine=shifted), "label shape")
+
+
 def test_non_binary_label_and_probabilities_with_a_threshold(tmp_path):
     label = np.zeros((10, 10, 8), np.float32)
     label[2:4, 2:4, 2:4] = 0.8

@@ -97,3 +97,33 @@ def _rows_text(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_label_stored_in_another_voxel_order_scores_as_on_the_image_grid(tmp_path):
+    """A mask saved by another tool in another axis order (LPS vs RAS) is the same mask: same metrics."""
+    import nibabel as nib
+    import numpy as np
+
+    from conftest import lps_affine, write_nifti
+    from pipeline.evaluation.report import evaluate
+
+    affine = lps_affine((2.0, 2.0, 4.0), degrees=10)
+    truth = np.zeros((30, 32, 12), np.uint8)
+    truth[5:15, 8:20, 3:7] = 1
+    pred = np.zeros_like(truth)
+    pred[6:16, 8:22, 3:7] = 1
+    image = write_nifti(tmp_path / "dwi.nii.gz", np.ones(truth.shape, np.float32), affine)
+    write_nifti(tmp_path / "pred" / "c.nii.gz", pred, affine)
+    write_nifti(tmp_path / "same.nii.gz", truth, affine)
+    turned = nib.Nifti1Image(truth, affine).as_reoriented(nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(("S", "R", "A"))))
+    write_nifti(tmp_path / "turned.nii.gz", np.asarray(turned.dataobj), turned.affine)
+    scores = {}
+    for name in ("same", "turned"):
+        manifest = tmp_path / f"{name}.json"
+        manifest.write_text(json.dumps({"testing": [{"id": "c", "image": [str(image)],
+                                                     "label": str(tmp_path / f"{name}.nii.gz")}]}))
+        summary = evaluate(manifest, tmp_path / "pred", tmp_path / f"eval_{name}", progress=False, viewer=False)
+        assert summary["cases"] == 1, summary.get("failures")
+        scores[name] = _rows_text(tmp_path / f"eval_{name}" / "metrics.csv")[0]
+    assert scores["turned"] == scores["same"] and 0.5 < float(scores["same"]["dice"]) < 1.0

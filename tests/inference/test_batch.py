@@ -20,6 +20,7 @@ def test_one_bad_case_is_reported_and_the_others_are_written_never_overwritten(t
     predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0]))
     report = segment_datalist(predictor, manifest, tmp_path / "out", progress=False)
     assert report.written == ["good"] and [c for c, _ in report.failures] == ["bad"]
+    assert report.failures[0][1].startswith(f"{bad['image'][1]}: unreadable")  # the damaged file, not the first
     assert not (tmp_path / "out" / "bad.nii.gz").exists()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no half-written temp files
     stamp = (tmp_path / "out" / "good.nii.gz").stat().st_mtime_ns
