@@ -67,6 +67,9 @@ class CaseRules:
         try:
             return self.loader(path)
         except Exception as err:  # noqa: BLE001 - nibabel and gzip raise many types for damaged files
+            if str(path).endswith(".gz") and _uncompressed_nifti(path):
+                raise InputError("named .gz but not gzip-compressed: rename it without .gz (or gzip it)",
+                                 case=case, path=str(path)) from None
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"unreadable, truncated or not a NIfTI file ({reason})", case=case, path=str(path)) \
                 from None
@@ -160,9 +163,9 @@ def check_case(case: dict, rules: CaseRules) -> list[Problem]:
         except InputError as err:
             found.append(Problem("error", cid, str(path), err.reason))
             continue
-        if not int(img.meta.get("qform_code", 1)) and not int(img.meta.get("sform_code", 1)):
+        if not int(img.meta.get("qform_code", 0)) and not int(img.meta.get("sform_code", 0)):  # ANALYZE has neither
             found.append(Problem("warning", cid, str(path), "no orientation in the header (qform and sform codes "
-                                 "0): its voxel axes are taken as R, A, S from the origin; check the mask's side"))
+                                 "0, or ANALYZE): its voxel axes are taken as R, A, S; check the mask's side"))
         if i == 0:
             first = img
         elif first is not None and not on_grid_of(img, first):
@@ -234,3 +237,10 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
 def on_grid_of(a, b) -> bool:
     """Whether two channel-first MetaTensors share the spatial shape and affine (to ``AFFINE_ATOL_MM``)."""
     return tuple(a.shape[1:]) == tuple(b.shape[1:]) and float((a.affine - b.affine).abs().max()) <= AFFINE_ATOL_MM
+
+
+def _uncompressed_nifti(path) -> bool:
+    """Whether a file starts as an uncompressed NIfTI-1/-2 header does (sizeof_hdr 348 or 540, either byte order)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return len(head) == 4 and {int.from_bytes(head, "little"), int.from_bytes(head, "big")} & {348, 540} != set()

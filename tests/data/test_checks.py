@@ -117,6 +117,23 @@ def test_label_stored_in_another_voxel_order_is_copied_onto_the_image_grid(tmp_p
                 label_affine=shifted), "label shape")
 
 
+def test_uncompressed_file_named_gz_and_a_header_without_orientation(tmp_path):
+    d = case(tmp_path)
+    img = nib.load(d["image_0"])
+    nib.save(img, tmp_path / "plain.nii")
+    (tmp_path / "plain.nii").rename(d["image_0"])  # .nii.gz name, uncompressed bytes
+    expect(d, "named .gz but not gzip-compressed")
+    bare = nib.Nifti1Image(np.ones((10, 10, 8), np.float32), None)  # no qform, no sform
+    bare.header.set_qform(None, code=0)
+    bare.header.set_sform(None, code=0)
+    nib.save(bare, tmp_path / "bare.nii.gz")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": [{"id": "case7", "image": [str(tmp_path / "bare.nii.gz")]}]}))
+    problems = validate_manifest(manifest, progress=False)
+    assert [(p.severity, p.case) for p in problems] == [("warning", "case7")]
+    assert "no orientation in the header" in problems[0].message
+
+
 def test_non_binary_label_and_probabilities_with_a_threshold(tmp_path):
     label = np.zeros((10, 10, 8), np.float32)
     label[2:4, 2:4, 2:4] = 0.8
