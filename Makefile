@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml
 	  else $(PYTHON) -m venv $(VENV); fi; fi
 	@$(PY) -c "import torch" 2>/dev/null || \
 	  $(PY) -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	@$(PY) -c "import torch; print(f'torch=={torch.__version__}')" > $(VENV)/constraints.txt
+	@$(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))" > $(VENV)/constraints.txt
 	@echo "install: keeping $$(cat $(VENV)/constraints.txt)"
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	@touch $@
