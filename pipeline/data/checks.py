@@ -95,8 +95,9 @@ class CaseRules:
         values = img.as_tensor()  # plain tensor: no MetaTensor bookkeeping on whole-volume checks
         if not bool(torch.isfinite(values).all()):
             raise fail(f"{int((~torch.isfinite(values)).sum())} NaN/Inf voxels")
-        if not bool(values.any()):
-            raise fail("image is all zero")
+        low, high = (float(v) for v in torch.aminmax(values))
+        if low == high:  # a blank channel (failed export, wrong series) holds nothing to segment
+            raise fail("image is all zero" if high == 0 else f"image is constant (every voxel {high:g})")
         return img
 
     def label(self, label, reference, case: str, path):

@@ -185,8 +185,8 @@ class Predictor:
     def probability(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image]:
         """Lesion probability (and TTA variance) on the grid of the case's first image, and that image."""
         s = self.settings
+        image = self.preprocess(dict(case))["image"]  # first: its checks name a missing or damaged file
         reference = nib.load(case["image"][0])
-        image = self.preprocess(dict(case))["image"]
         big = image[0].numel() > s.stitch_on_cpu_above_voxels and self.device.type != "cpu"
         affine = np.asarray(image.affine)
         image = image.as_tensor()  # plain tensor: MetaTensor bookkeeping on every window op cost 0.3 s at 1 mm

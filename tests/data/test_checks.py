@@ -15,8 +15,13 @@ from pipeline.data.manifest import load_manifest
 from pipeline.errors import InputError
 
 
+def ramp(shape):
+    """A non-constant image (a constant one is refused as blank)."""
+    return np.linspace(1, 2, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+
+
 def case(tmp_path, image=None, label=None, affine=None, label_affine=None, n=1):
-    image = np.ones((10, 10, 8), np.float32) if image is None else image
+    image = ramp((10, 10, 8)) if image is None else image
     label = np.zeros(image.shape[:3], np.uint8) if label is None else label
     paths = [str(write_nifti(tmp_path / f"img{i}.nii.gz", image, affine)) for i in range(n)]
     lab = str(write_nifti(tmp_path / "lab.nii.gz", label, label_affine if label_affine is not None else affine))
@@ -60,6 +65,7 @@ def test_not_a_nifti(tmp_path):
 
 def test_4d_image_needs_a_volume_index_and_then_loads(tmp_path):
     vols = np.stack([np.full((10, 10, 8), v, np.float32) for v in (1, 2, 3)], -1)
+    vols[0, 0, 0] = 0
     d = case(tmp_path, image=vols)
     expect(d, "4D image with 3 volumes: choose one with the config key volume_index")
     assert float(load(dict(d), volume_index=-1)["image_0"].max()) == 3.0
@@ -67,9 +73,9 @@ def test_4d_image_needs_a_volume_index_and_then_loads(tmp_path):
 
 
 def test_2d_image_and_single_slice_for_a_3d_model(tmp_path):
-    d = case(tmp_path / "a", image=np.ones((10, 10), np.float32), label=np.zeros((10, 10, 1), np.uint8))
+    d = case(tmp_path / "a", image=ramp((10, 10)), label=np.zeros((10, 10, 1), np.uint8))
     expect(d, "2D image")
-    d = case(tmp_path / "b", image=np.ones((10, 10, 1), np.float32))
+    d = case(tmp_path / "b", image=ramp((10, 10, 1)))
     expect(d, "single-slice image .* given to a 3D model")
     assert load(dict(d), spatial_dims=2)["image_0"].shape[-1] == 1  # a 2D model takes it
 
@@ -101,7 +107,7 @@ def test_label_stored_in_another_voxel_order_is_copied_onto_the_image_grid(tmp_p
     label[2:5, 3:9, 1:4] = 1
     data, label_affine = reordered(label, affine)
     assert data.shape == (12, 10, 8) and not np.allclose(label_affine, affine)
-    d = case(tmp_path, image=np.ones((10, 12, 8), np.float32), label=data, affine=affine, label_affine=label_affine)
+    d = case(tmp_path, image=ramp((10, 12, 8)), label=data, affine=affine, label_affine=label_affine)
     out = load(d)
     assert np.array_equal(out["label"][0].numpy(), label)  # voxel for voxel, no resampling
     assert np.allclose(out["label"].affine.numpy(), out["image_0"].affine.numpy())
@@ -113,7 +119,7 @@ def test_label_stored_in_another_voxel_order_is_copied_onto_the_image_grid(tmp_p
     # one voxel off after reordering is not the same grid: refused, never resampled
     shifted = label_affine.copy()
     shifted[:3, 3] += label_affine[:3, 0]
-    expect(case(tmp_path / "b", image=np.ones((10, 12, 8), np.float32), label=data, affine=affine,
+    expect(case(tmp_path / "b", image=ramp((10, 12, 8)), label=data, affine=affine,
                 label_affine=shifted), "label shape")
 
 
@@ -123,7 +129,7 @@ def test_uncompressed_file_named_gz_and_a_header_without_orientation(tmp_path):
     nib.save(img, tmp_path / "plain.nii")
     (tmp_path / "plain.nii").rename(d["image_0"])  # .nii.gz name, uncompressed bytes
     expect(d, "named .gz but not gzip-compressed")
-    bare = nib.Nifti1Image(np.ones((10, 10, 8), np.float32), None)  # no qform, no sform
+    bare = nib.Nifti1Image(ramp((10, 10, 8)), None)  # no qform, no sform
     bare.header.set_qform(None, code=0)
     bare.header.set_sform(None, code=0)
     nib.save(bare, tmp_path / "bare.nii.gz")
@@ -144,12 +150,13 @@ def test_non_binary_label_and_probabilities_with_a_threshold(tmp_path):
     assert float(out["label"].sum()) == 8.0
 
 
-def test_nan_and_all_zero_images(tmp_path):
-    img = np.ones((10, 10, 8), np.float32)
+def test_nan_all_zero_and_constant_images(tmp_path):
+    img = ramp((10, 10, 8))
     img[1, 2, 3] = np.nan
     img[4, 4, 4] = np.inf
     expect(case(tmp_path / "a", image=img), "2 NaN/Inf voxels")
     expect(case(tmp_path / "b", image=np.zeros((10, 10, 8), np.float32)), "image is all zero")
+    expect(case(tmp_path / "c", image=np.full((10, 10, 8), 100, np.int16)), r"image is constant \(every voxel 100\)")
 
 
 def test_wrong_channel_count_invalid_json_missing_keys(tmp_path):
@@ -235,10 +242,10 @@ def test_cli_exits_1_and_prints_each_damaged_file_with_its_case(damaged):
 
 
 def test_missing_all_zero_4d_and_duplicate_ids(tmp_path):
-    good = np.ones((5, 5, 5), np.float32)
+    good = ramp((5, 5, 5))
     write_nifti(tmp_path / "a.nii.gz", good)
     write_nifti(tmp_path / "zero.nii.gz", np.zeros((5, 5, 5), np.float32))
-    write_nifti(tmp_path / "four_d.nii.gz", np.ones((5, 5, 5, 3), np.float32))
+    write_nifti(tmp_path / "four_d.nii.gz", ramp((5, 5, 5, 3)))
     write_nifti(tmp_path / "lab.nii.gz", np.zeros((5, 5, 5), np.uint8))
     write_nifti(tmp_path / "moved.nii.gz", np.zeros((5, 5, 5), np.uint8), np.diag([1, 1, 1.5, 1]))
     manifest = tmp_path / "m.json"
@@ -269,7 +276,7 @@ def test_broken_manifest_is_one_line_and_exit_2(tmp_path, text, message):
 
 def _damaged_cases(tmp_path) -> list[dict]:
     """One case per rule, and two good ones: (id, image paths, label path)."""
-    good = np.ones((10, 10, 8), np.float32)
+    good = ramp((10, 10, 8))
     good[2:5, 2:5, 2:5] = 3.0
     lab = (good > 2).astype(np.uint8)
     oblique = np.eye(4)
