@@ -125,7 +125,8 @@ class CaseRules:
         values = torch.unique(label)
         if not set(values.tolist()) <= {0.0, 1.0}:
             shown = ", ".join(f"{v:g}" for v in values[:6].tolist()) + (", ..." if len(values) > 6 else "")
-            raise fail(f"label is not binary: values {{{shown}}}; set label_threshold to binarise probabilities")
+            raise fail(f"label is not binary: values {{{shown}}}; set label_threshold "
+                       "(e.g. 0.5: every value at or above it is lesion) to binarise it")
         return label
 
 
