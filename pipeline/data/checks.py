@@ -54,12 +54,28 @@ class CaseRules:
         spatial_dims: 3 refuses single-slice images (they need a 2D model).
         volume_index: which volume of a 4D image to take (e.g. -1: the last b-value); None refuses 4D images.
         label_threshold: binarise a probabilistic label at this value; None refuses non-binary labels.
+        optional_channels: channels a case may lack (``null`` in its manifest ``image`` list): the model was
+            trained to do without them (``augment.channel_dropout``), so they are blanked. None: any channel
+            but the first may be null (``validate``, which knows no model); ``()``: none may.
     """
 
-    def __init__(self, spatial_dims: int = 3, volume_index: int | None = None, label_threshold: float | None = None):
+    def __init__(self, spatial_dims: int = 3, volume_index: int | None = None, label_threshold: float | None = None,
+                 optional_channels=None):
         self.spatial_dims, self.volume_index, self.label_threshold = spatial_dims, volume_index, label_threshold
+        self.optional_channels = None if optional_channels is None else {int(c) for c in optional_channels}
         self.loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True,
                                 dtype=np.float32)
+
+    def absent(self, channel: int, case: str) -> None:
+        """Refuse a channel given as ``null`` unless the model can do without it."""
+        where = f"image[{channel}]"
+        if channel == 0:
+            raise InputError("channel 0 has no file (null): the first channel is the reference grid", case, where)
+        allowed = self.optional_channels
+        if allowed is not None and channel not in allowed:
+            can = f"only without channel(s) {sorted(allowed)}" if allowed else "only with every channel"
+            raise InputError(f"channel {channel} has no file (null in the manifest); this model works {can}",
+                             case, where)
 
     def load(self, path, case: str):
         if not Path(path).is_file():
@@ -140,15 +156,19 @@ class LoadCheckedd(MapTransform):
     """
 
     def __init__(self, keys, label_key: str | None = "label", spatial_dims: int = 3, volume_index: int | None = None,
-                 label_threshold: float | None = None):
+                 label_threshold: float | None = None, optional_channels=()):
         super().__init__(keys)
         self.label_key = label_key
-        self.rules = CaseRules(spatial_dims, volume_index, label_threshold)
+        self.rules = CaseRules(spatial_dims, volume_index, label_threshold, optional_channels)
 
     def __call__(self, data):
         d = dict(data)
         case = str(d.get("id", "?"))
-        for key in self.keys:
+        for i, key in enumerate(self.keys):
+            if d[key] is None:  # a channel the case lacks: zeros on the first channel's grid, 0 after normalisation
+                self.rules.absent(i, case)
+                d[key] = MetaTensor(torch.zeros_like(d[self.keys[0]].as_tensor()), meta=dict(d[self.keys[0]].meta))
+                continue
             d[key] = self.rules.image(self.rules.load(d[key], case), case, d[key])
         if self.label_key and self.label_key in d:
             path = d[self.label_key]
@@ -161,6 +181,12 @@ def check_case(case: dict, rules: CaseRules) -> list[Problem]:
     cid, found, first = str(case["id"]), [], None
     for i, path in enumerate(case["image"]):
         try:
+            if path is None:
+                rules.absent(i, cid)
+                found.append(Problem("warning", cid, f"image[{i}]", f"channel {i} has no file (null): blanked, for "
+                                     "models trained to do without it (augment.channel_dropout); others refuse "
+                                     "the case"))
+                continue
             img = rules.image(rules.load(path, cid), cid, path)
         except InputError as err:
             found.append(Problem("error", cid, str(path), err.reason))

@@ -45,7 +45,7 @@ def ras_spacing_and_shape(img: nib.spatialimages.SpatialImage) -> tuple[list[flo
 
 def case_fingerprint(case: dict) -> dict:
     """Spacing, shape, cropped shape, per-channel head statistics and lesions of one training case."""
-    images = [nib.load(p) for p in case["image"]]
+    images = [nib.load(p) if p else None for p in case["image"]]  # None: a channel the case lacks
     spacing, shape = ras_spacing_and_shape(images[0])
     reference = np.asanyarray(images[0].dataobj, dtype=np.float32)
     head = head_mask(reference, images[0].header.get_zooms()[:3])
@@ -53,6 +53,9 @@ def case_fingerprint(case: dict) -> dict:
     cropped = _ras_order(images[0], [int(ix[-1] - ix[0] + 1) if len(ix) else 0 for ix in extent])
     channels = []
     for index, img in enumerate(images):
+        if img is None:
+            channels.append(None)
+            continue
         values = reference if index == 0 else np.asanyarray(img.dataobj, dtype=np.float32)
         inside = values[head] if values.shape[:3] == head.shape else values[values != 0]
         lo, mid, hi = (float(v) for v in np.percentile(inside, PERCENTILES)) if inside.size else (0.0, 0.0, 0.0)

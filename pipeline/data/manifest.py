@@ -8,6 +8,9 @@ A manifest is what ``monai.data.load_decathlon_datalist`` reads, plus a few keys
                    "label": "derivatives/...", "fold": 0, "lesion_ml": 12.5}],
      "testing":  [{"id": ..., "image": [...], "label": ...}]}
 
+A ``null`` in ``image`` is a sequence the case lacks (no FLAIR): models trained to do without that channel
+(``augment.channel_dropout``, listed as ``optional_channels``) see it blank; others refuse the case.
+
 Example:
     >>> data = build_manifest("ISLES-2022", layout="isles22", folds=5, test_fraction=0.2)  # doctest: +SKIP
     >>> write_manifest(data, "data_manifests/isles22.json")  # doctest: +SKIP
@@ -41,7 +44,9 @@ def _find_isles22(root: Path) -> list[dict]:
         flair = root / subject / session / "anat" / f"{stem}_FLAIR{ext}"
         label = root / "derivatives" / subject / session / f"{stem}_msk{ext}"
         case_id = subject if session == "ses-0001" else stem
-        cases.append(dict(id=case_id, image=[dwi, adc, flair], label=label if label.exists() else None))
+        # no FLAIR: null, which models trained with FLAIR dropout blank (a missing DWI or ADC stays an error)
+        cases.append(dict(id=case_id, image=[dwi, adc, flair if flair.exists() else None],
+                          label=label if label.exists() else None))
     return cases
 
 
@@ -120,7 +125,7 @@ def build_manifest(root: str | Path, layout: str = "isles22", folds: int = 5, te
     folds = int(fold.max()) + 1 if (fold >= 0).any() else folds
 
     def entry(case, **extra):
-        out = dict(id=case["id"], image=[p.relative_to(root).as_posix() for p in case["image"]])
+        out = dict(id=case["id"], image=[p.relative_to(root).as_posix() if p else None for p in case["image"]])
         if case["label"] is not None:
             out["label"] = case["label"].relative_to(root).as_posix()
         return out | extra
@@ -190,7 +195,7 @@ def load_manifest(path: str | Path, dataset_dir: str | Path | None = None) -> di
         cases = []
         for case in data.get(key, []):
             images = case["image"] if isinstance(case["image"], list) else [case["image"]]
-            case = dict(case, image=[str(root / p) for p in images])
+            case = dict(case, image=[None if p is None else str(root / p) for p in images])  # null: a missing channel
             case.setdefault("id", Path(images[0]).name.split(".")[0])
             if case.get("label"):
                 case["label"] = str(root / case["label"])

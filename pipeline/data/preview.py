@@ -19,6 +19,9 @@ def _on_first_grid(paths: list[str]) -> tuple[list[np.ndarray], nib.Nifti1Image]
     ref = nib.as_closest_canonical(nib.load(paths[0]))
     vols = []
     for p in paths:
+        if p is None:  # a channel the case lacks (null): shown blank
+            vols.append(np.zeros(ref.shape[:3], np.float32))
+            continue
         img = nib.load(p)
         if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
             img = resample_from_to(img, (ref.shape[:3], ref.affine), order=1)

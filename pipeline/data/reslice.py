@@ -76,6 +76,9 @@ def reslice_manifest(manifest: str | Path, out: str | Path, thickness_mm: float 
         cid = str(case["id"])
         images = []
         for i, path in enumerate(case["image"]):
+            if path is None:  # a channel the case lacks stays missing
+                images.append(None)
+                continue
             target = out / cid / f"image_{i}.nii.gz"
             save_nifti_atomic(reslice_image(nib.load(path), thickness_mm), target)
             images.append(target.relative_to(out).as_posix())

@@ -110,13 +110,16 @@ class PadThickSlicesd(mt.MapTransform):
 def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bool = True,
                   register: bool = False, n4: bool = False, crop_margin: int = 2, spatial_dims: int = 3,
                   volume_index: int | None = None, label_threshold: float | None = None,
-                  crop_to_head: bool = True, normalise: dict | None = None, apply_normalisation: bool = True) -> list:
+                  crop_to_head: bool = True, normalise: dict | None = None, apply_normalisation: bool = True,
+                  optional_channels: Sequence[int] = ()) -> list:
     """Load with checks, align channels, (register, N4), orient RAS, resample, crop to the head, normalise.
 
-    ``volume_index`` picks one volume of 4D images; ``label_threshold`` binarises probabilistic labels
-    (see :class:`~pipeline.data.checks.LoadCheckedd`); ``normalise`` sets the percentiles and mask block of
-    :func:`~pipeline.data.normalise.normalisation`. Without ``apply_normalisation`` the chain ends with the
-    head mask and the statistics (keys ``head``, ``norm_stats``), for training to apply after augmenting.
+    ``volume_index`` picks one volume of 4D images; ``label_threshold`` binarises probabilistic labels;
+    ``optional_channels`` may be ``null`` in a case's image list and are then blank: 0 after normalisation, as
+    channel dropout trains for (see :class:`~pipeline.data.checks.LoadCheckedd`); ``normalise`` sets the
+    percentiles and mask block of :func:`~pipeline.data.normalise.normalisation`. Without ``apply_normalisation``
+    the chain ends with the head mask and the statistics (keys ``head``, ``norm_stats``), for training to apply
+    after augmenting.
     """
     from pipeline.data.checks import LoadCheckedd
     from pipeline.data.sitk_transforms import ResampleToGridd
@@ -126,7 +129,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     chain = [
         SplitChannelsd(channels),
         LoadCheckedd(keys, label_key=LABEL if with_label else None, spatial_dims=spatial_dims,
-                     volume_index=volume_index, label_threshold=label_threshold),
+                     volume_index=volume_index, label_threshold=label_threshold, optional_channels=optional_channels),
     ]
     if channels > 1:
         chain.append(ResampleToGridd(keys[1:], key_dst=keys[0]))
@@ -249,7 +252,8 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
                      augment: dict | None = None, pos: float = 1.0, neg: float = 1.0, num_samples: int = 2,
                      register: bool = False, n4: bool = False, volume_index: int | None = None,
                      label_threshold: float | None = None, weight_map: dict | None = None,
-                     normalise: dict | None = None, pos_size_power: float = 1.0) -> mt.Compose:
+                     normalise: dict | None = None, pos_size_power: float = 1.0,
+                     optional_channels: Sequence[int] = ()) -> mt.Compose:
     """Deterministic front (cacheable), then patch sampling and augmentation.
 
     ``weight_map`` (``{"w0", "sigma_mm", "class_balance"}``) adds the U-Net paper's boundary weights as
@@ -260,7 +264,7 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
                          f"but spatial_dims is {spatial_dims}")
     chain = deterministic(channels, spacing, True, register, n4, spatial_dims=spatial_dims,
                           volume_index=volume_index, label_threshold=label_threshold, normalise=normalise,
-                          apply_normalisation=False)
+                          apply_normalisation=False, optional_channels=optional_channels)
     extra = []
     if weight_map:
         from pipeline.data.weight_map import BoundaryWeightMapd
@@ -276,8 +280,9 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
 def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,
                    with_label: bool = True, spatial_dims: int = 3, volume_index: int | None = None,
                    label_threshold: float | None = None, crop_to_head: bool = True,
-                   normalise: dict | None = None) -> mt.Compose:
+                   normalise: dict | None = None, optional_channels: Sequence[int] = ()) -> mt.Compose:
     """Whole volumes, deterministic only: what validation and inference see."""
     return mt.Compose(deterministic(channels, spacing, with_label, register, n4, spatial_dims=spatial_dims,
                                     volume_index=volume_index, label_threshold=label_threshold,
-                                    crop_to_head=crop_to_head, normalise=normalise))
+                                    crop_to_head=crop_to_head, normalise=normalise,
+                                    optional_channels=optional_channels))

@@ -41,7 +41,7 @@ def check_output_dir(output: Path, cases: list[dict]) -> None:
     """Refuse an output folder that holds any input file (outputs never overwrite inputs)."""
     out = output.resolve()
     for case in cases:
-        for path in case["image"] + ([case["label"]] if case.get("label") else []):
+        for path in [p for p in case["image"] if p] + ([case["label"]] if case.get("label") else []):
             if out in Path(path).resolve().parents:
                 raise InputError("the output folder holds this input file; choose another --output",
                                  case=str(case["id"]), path=str(path))
@@ -126,8 +126,9 @@ def _lesions_of(case: dict, result: dict, settings, registration_dir: Path | Non
     """``lesions.csv`` rows of one segmented case; a registration that fails leaves its MNI columns empty."""
     cid, ref = str(case["id"]), result["reference"]
     check = settings.diffusion_check or {}
-    dwi, adc = (channel_on_grid(case["image"][check[k]], ref) if k in check and check[k] < len(case["image"])
-                else None for k in ("dwi", "adc"))
+    dwi, adc = (channel_on_grid(case["image"][check[k]], ref)
+                if k in check and check[k] < len(case["image"]) and case["image"][check[k]] else None
+                for k in ("dwi", "adc"))
     truth = channel_on_grid(case["label"], ref, order=0) > 0.5 if case.get("label") else None
     mapping = None
     if registration_dir is not None and (result["mask"].any() or (truth is not None and truth.any())):

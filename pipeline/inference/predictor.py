@@ -168,7 +168,8 @@ class Predictor:
         self.preprocess = preprocessing or val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4,
                                                           with_label=False, spatial_dims=s.spatial_dims,
                                                           volume_index=s.volume_index, crop_to_head=s.crop_to_head,
-                                                          normalise=s.normalise)
+                                                          normalise=s.normalise,
+                                                          optional_channels=s.optional_channels)
         self.inferer = inferer
         self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml, s.min_lesion_peak)
 

@@ -29,6 +29,7 @@ class Settings:
     n4: bool = False
     volume_index: int | None = None
     normalise: dict | None = None  # percentiles and head-mask block of the normalisation (None: its defaults)
+    optional_channels: Sequence[int] = ()  # channels a case may lack (null): blank, as channel dropout trained for
     crop_to_head: bool = True
     overlap: float = 0.25  # measured (make bench): Dice as at 0.5 on the synthetic test split, 1.3x faster
     mode: str = "gaussian"
@@ -53,6 +54,7 @@ class Settings:
         return cls(spatial_dims=hparams["spatial_dims"], roi_size=list(hparams["roi_size"]), head=hparams["head"],
                    channels=pre.get("channels", 3), spacing=pre.get("spacing"), register=pre.get("register", False),
                    n4=pre.get("n4", False), volume_index=pre.get("volume_index"), normalise=pre.get("normalise"),
+                   optional_channels=list(pre.get("optional_channels") or []),
                    mode=inferer.get("mode", "gaussian"), threshold=hparams.get("threshold", 0.5),
                    min_lesion_ml=hparams.get("min_lesion_ml", 0.0),
                    min_lesion_peak=hparams.get("min_lesion_peak", 0.0), diffusion_check=hparams.get("diffusion_check"))

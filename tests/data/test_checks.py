@@ -2,12 +2,14 @@
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_cli, write_nifti
 from pipeline.data.checks import LoadCheckedd, validate_manifest
@@ -318,3 +320,30 @@ def test_validate_and_training_refuse_exactly_the_same_cases(tmp_path, volume_in
     assert {"nan", "zero", "2d", "single_slice", "label_two", "label_shape", "label_4d", "label_affine",
             "truncated", "missing"} <= refused
     assert ("4d" in refused) == (volume_index != 0)  # volume 0 of two is a good image; volume 5 does not exist
+
+
+def test_a_missing_optional_channel_is_blank_and_any_other_is_refused(tmp_path):
+    from pipeline.data.transforms import val_transforms
+    from pipeline.errors import find_pipeline_error
+
+    rng = np.random.default_rng(0)
+    head = np.zeros((20, 20, 12), np.float32)
+    head[3:17, 3:17, 2:10] = 100 + rng.normal(0, 5, (14, 14, 8))
+    paths = [str(write_nifti(tmp_path / f"c{i}.nii.gz", head * (i + 1))) for i in range(2)]
+    full = val_transforms(2, [2.0, 2.0, 2.0], with_label=False)({"id": "case7", "image": paths})["image"]
+    blank = val_transforms(2, [2.0, 2.0, 2.0], with_label=False, optional_channels=[1])(
+        {"id": "case7", "image": [paths[0], None]})["image"]
+    assert blank.shape == full.shape and not blank[1].any()  # blank: 0 after normalisation, as dropout trains
+    assert torch.equal(blank[0], full[0])  # the other channels as they were
+    for image, optional, message in [([paths[0], None], (), r"channel 1 has no file \(null in the manifest\); "
+                                      "this model works only with every channel"),
+                                     ([None, paths[1]], [1], "channel 0 has no file")]:
+        with pytest.raises(Exception) as info:  # noqa: PT011 - MONAI wraps it; the InputError is found below
+            val_transforms(2, [2.0, 2.0, 2.0], with_label=False, optional_channels=optional)(
+                {"id": "case7", "image": image})
+        err = find_pipeline_error(info.value)
+        assert re.search(message, str(err)) and err.case == "case7" and err.path.startswith("image[")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": [{"id": "case7", "image": [paths[0], None]}]}))
+    problems = validate_manifest(manifest, progress=False)
+    assert [(p.severity, p.case, p.path) for p in problems] == [("warning", "case7", "image[1]")]

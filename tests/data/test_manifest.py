@@ -101,3 +101,16 @@ def test_folds_are_stratified_by_lesion_volume():
 def test_empty_tree_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no isles22 cases found"):
         build_manifest(tmp_path, "isles22", progress=False)
+
+
+def test_isles22_case_without_flair_gets_null_and_reads_back_as_none(tmp_path):
+    root = fake_isles22(tmp_path / "ISLES-2022", 6)
+    (root / "sub-strokecase0003" / "ses-0001" / "anat" / "sub-strokecase0003_ses-0001_FLAIR.nii.gz").unlink()
+    (root / "sub-strokecase0004" / "ses-0001" / "dwi" / "sub-strokecase0004_ses-0001_adc.nii.gz").unlink()
+    out = tmp_path / "isles.json"
+    write_manifest(build_manifest(root, "isles22", folds=2, test_fraction=0.2, progress=False), out)
+    cases = {c["id"]: c for split in ("training", "testing") for c in json.loads(out.read_text())[split]}
+    assert cases["sub-strokecase0003"]["image"][2] is None and cases["sub-strokecase0003"]["image"][1]
+    assert cases["sub-strokecase0004"]["image"][1]  # a missing ADC stays a path: validate calls it missing
+    back = {c["id"]: c for split in ("training", "testing") for c in load_manifest(out)[split]}
+    assert back["sub-strokecase0003"]["image"][2] is None and Path(back["sub-strokecase0003"]["image"][0]).is_file()

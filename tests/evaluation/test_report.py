@@ -127,3 +127,33 @@ def test_a_label_stored_in_another_voxel_order_scores_as_on_the_image_grid(tmp_p
         assert summary["cases"] == 1, summary.get("failures")
         scores[name] = _rows_text(tmp_path / f"eval_{name}" / "metrics.csv")[0]
     assert scores["turned"] == scores["same"] and 0.5 < float(scores["same"]["dice"]) < 1.0
+
+
+@pytest.mark.slow
+def test_cases_without_flair_are_segmented_by_a_model_trained_with_flair_dropout(synth_set, tiny_checkpoint,
+                                                                                  tmp_path):
+    """A null FLAIR (a case that lacks it) is blanked, as the default training's channel dropout taught the model:
+    validate warns, infer writes every mask on the DWI grid."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from pipeline.data.manifest import load_manifest
+    from pipeline.inference.settings import Settings
+
+    hparams = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert Settings.from_hparams(hparams).optional_channels == [2]  # the channel train.yaml drops out
+    cases = load_manifest(synth_set[1])["testing"]
+    for case in cases:
+        case["image"][2] = None
+    manifest = tmp_path / "no_flair.json"
+    manifest.write_text(json.dumps({"channels": ["dwi", "adc", "flair"], "testing": cases}))
+    result = run_cli("validate", str(manifest), "--verbose")
+    assert result.returncode == 0 and result.stdout.count("channel 2 has no file (null)") == len(cases), result.stdout
+    pred = tmp_path / "pred"
+    result = run_cli("infer", "--model", str(tiny_checkpoint), "--datalist", str(manifest), "--output", str(pred),
+                     "--no-mni")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for case in cases:
+        mask, dwi = nib.load(pred / f"{case['id']}.nii.gz"), nib.load(case["image"][0])
+        assert mask.shape == dwi.shape and np.allclose(mask.affine, dwi.affine, atol=1e-4)
