@@ -5,7 +5,8 @@ the scanner geometry), told apart by their description, protocol, sequence name 
 by patient and study into subjects. A series with several volumes at the same slice positions (b=0 and
 b=1000 in one series) keeps the volume with the highest b-value. Each manifest case records its DWI series
 (``dicom_source``) so that ``infer --dicom-seg`` can write a DICOM SEG that references it. A subject without a
-DWI, ADC or FLAIR series is reported in one line and left out; the others are converted.
+DWI or ADC series is reported in one line and left out; the others are converted. A subject without FLAIR is
+converted with FLAIR ``null`` in the manifest (a warning), which models trained with FLAIR dropout accept.
 
 Example:
     >>> manifest = dicom_to_nifti("incoming/", "data/from_dicom")  # doctest: +SKIP
@@ -29,6 +30,7 @@ __all__ = ["Series", "find_series", "classify", "dicom_to_nifti", "CHANNELS"]
 
 log = logging.getLogger(__name__)
 CHANNELS = ("dwi", "adc", "flair")
+OPTIONAL = ("flair",)  # a study without it is kept, FLAIR null (models trained with FLAIR dropout)
 _KEYWORDS = (("adc", ("adc", "apparent diffusion")), ("flair", ("flair", "dark fluid", "tirm")),
              ("dwi", ("dwi", "diffusion", "trace", "ep2d_diff", "ep_b", "b1000")))
 _BVALUE_TAGS = ((0x0018, 0x9087), (0x0019, 0x100C), (0x0043, 0x1039))  # standard, Siemens, GE (first value)
@@ -210,7 +212,7 @@ def dicom_to_nifti(root: str | Path, out: str | Path, manifest: str | Path | Non
         if damaged:
             failed.append((subject, damaged))
             continue
-        missing = [k for k in CHANNELS if k not in chosen]
+        missing = [k for k in CHANNELS if k not in chosen and k not in OPTIONAL]
         if missing:
             found = ", ".join(repr(s.description) for s in members)
             failed.append((subject, f"no {' or '.join(missing).upper()} series among {found} in "
@@ -219,14 +221,17 @@ def dicom_to_nifti(root: str | Path, out: str | Path, manifest: str | Path | Non
         paths = {"dwi": f"{subject}/{session}/dwi/{subject}_{session}_dwi.nii.gz",
                  "adc": f"{subject}/{session}/dwi/{subject}_{session}_adc.nii.gz",
                  "flair": f"{subject}/{session}/anat/{subject}_{session}_FLAIR.nii.gz"}
+        if any(k not in chosen for k in OPTIONAL):
+            log.warning("%s: no FLAIR series among %s: FLAIR left null (models trained with FLAIR dropout "
+                        "segment from DWI and ADC)", subject, ", ".join(repr(s.description) for s in members))
         try:
-            for kind in CHANNELS:
+            for kind in chosen:
                 _write_series(chosen[kind], out / paths[kind])
         except Exception as err:  # noqa: BLE001 - one unreadable series must not stop the other subjects
             failed.append((subject, f"{err}".splitlines()[0]))
             continue
         dwi = chosen["dwi"]
-        cases.append(dict(id=f"{subject}_{session}", image=[paths[k] for k in CHANNELS],
+        cases.append(dict(id=f"{subject}_{session}", image=[paths[k] if k in chosen else None for k in CHANNELS],
                           dicom_source=dict(series_uid=dwi.uid, files=[str(Path(f).resolve()) for f in dwi.files])))
     data = dict(name=f"DICOM from {root}", layout="isles22", channels=list(CHANNELS), dataset_dir=".",
                 testing=cases, training=[])

@@ -49,6 +49,16 @@ def test_a_subject_without_adc_is_named_and_the_others_are_converted(tmp_path):
     assert [c["id"] for c in manifest["testing"]] == ["sub-P001_ses-0001"]
 
 
+def test_a_subject_without_flair_is_converted_with_flair_null(tmp_path):
+    volumes, affine = _study(tmp_path / "dicom", patient="P003", skip=("flair",))
+    result = run_cli("dicom2nifti", "--in", str(tmp_path / "dicom"), "--out", str(tmp_path / "nifti"))
+    assert result.returncode == 0, result.stderr
+    assert "sub-P003: no FLAIR series" in result.stderr and "FLAIR left null" in result.stderr
+    [case] = json.loads((tmp_path / "nifti" / "dataset.json").read_text())["testing"]
+    assert case["image"][2] is None and not list((tmp_path / "nifti").glob("**/*FLAIR*"))
+    assert np.allclose(nib.load(tmp_path / "nifti" / case["image"][1]).get_fdata(), volumes["adc"])
+
+
 def test_a_series_holding_b0_and_b1000_keeps_the_b1000_volume(tmp_path):
     affine = lps_affine(spacing=(2.0, 2.0, 4.0))
     b0, b1000 = np.full((16, 16, 6), 2000.0), np.full((16, 16, 6), 700.0)
