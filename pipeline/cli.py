@@ -154,7 +154,8 @@ def _training_commands(sub) -> None:
     p = sub.add_parser("export", help="write a bundle's model.pt/model.ts from a checkpoint and verify the bundle")
     p.add_argument("--checkpoint", required=True, help="a .ckpt from training, or a cross-validation folder "
                    "(exports the fold ensemble with its chosen post-processing)")
-    p.add_argument("--bundle", default="bundles/stroke_mri_segmentation", help="bundle folder to fill")
+    p.add_argument("--bundle", default="bundles/stroke_mri_segmentation",
+                   help="bundle folder to fill (a new one starts as a copy of bundles/stroke_mri_segmentation)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the bundle zip to the training's MLflow run")
     p.set_defaults(func=commands.export)
 

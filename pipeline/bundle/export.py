@@ -33,6 +33,7 @@ __all__ = ["export_bundle", "verify_bundle", "log_bundle_to_run", "SCHEMA", "INF
 
 log = logging.getLogger(__name__)
 SCHEMA = Path(__file__).resolve().parents[2] / "bundles" / "schemas" / "meta_schema.json"
+TEMPLATE = Path(__file__).resolve().parents[2] / "bundles" / "stroke_mri_segmentation"  # configs, docs, licence
 INFERENCE_HEADER = """\
 # Segment stroke lesions with this bundle's model (MONAI bundle config; written by `python -m pipeline export`).
 #   python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . \\
@@ -133,6 +134,11 @@ def export_bundle(checkpoint: str | Path, bundle: str | Path) -> dict:
 
     checkpoint, bundle = Path(checkpoint), Path(bundle)
     network, settings, state, score = _model_state(checkpoint)
+    if not (bundle / "configs" / "inference.yaml").is_file():
+        if not (TEMPLATE / "configs" / "inference.yaml").is_file():
+            raise InputError("not a bundle (no configs/inference.yaml), and no template to copy", path=str(bundle))
+        log.info("%s: new bundle, from the template %s", bundle, TEMPLATE)
+        shutil.copytree(TEMPLATE, bundle, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models", "eval"))
     models = bundle / "models"
     models.mkdir(parents=True, exist_ok=True)
     with atomic_path(models / "model.pt") as tmp:

@@ -1,7 +1,6 @@
 """The MONAI bundle in the model-zoo style: export, verify, and run it as clinical engineering would."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 from nibabel.processing import resample_from_to
 
 from conftest import ROOT, run_cli, write_nifti
@@ -25,9 +25,9 @@ def monai_bundle(*args, cwd=ROOT):
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
-    """A copy of the repository's bundle filled by `python -m pipeline export` from a tiny training."""
+    """A new bundle folder filled by `python -m pipeline export` from a tiny training (it starts as a copy of the
+    repository's bundle)."""
     bundle = tmp_path_factory.mktemp("bundle") / "stroke_mri_segmentation"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models"))
     result = run_cli("export", "--checkpoint", str(tiny_checkpoint), "--bundle", str(bundle))
     assert result.returncode == 0, result.stderr[-3000:]
     return bundle
@@ -41,6 +41,9 @@ def test_export_fills_models_bumps_version_and_logs_to_mlflow(exported, tiny_che
     assert meta["version"] == f"{major}.{minor}.{patch + 1}" and meta["version"] in meta["changelog"]
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32, 32]
     assert meta["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "dwi", "1": "adc", "2": "flair"}
+    assert (exported / "docs" / "README.md").is_file() and (exported / "LICENSE").is_file()
+    settings = yaml.safe_load((exported / "configs" / "inference.yaml").read_text())["settings"]
+    assert settings["optional_channels"] == [2]  # FLAIR, which training dropped out
     from mlflow import MlflowClient
 
     out = tiny_checkpoint.parent.parent
