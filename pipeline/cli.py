@@ -80,9 +80,14 @@ def _data_commands(sub) -> None:
 
 def _inference_commands(sub) -> None:
     """infer, explain, evaluate, reslice, compare."""
-    p = sub.add_parser("infer", help="segment the cases of a manifest with a checkpoint or bundle")
+    p = sub.add_parser("infer", help="segment a manifest's cases, or one case's files, with a checkpoint or bundle")
     p.add_argument("--model", required=True, help="a .ckpt from training or a bundle folder")
-    p.add_argument("--datalist", required=True, help="manifest JSON")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--datalist", help="manifest JSON")
+    source.add_argument("--image", nargs="+", metavar="FILE",
+                        help="one case's files in the model's channel order (DWI ADC FLAIR); 'none' for a channel "
+                             "the case lacks, e.g. --image dwi.nii.gz adc.nii.gz none")
+    p.add_argument("--id", help="the --image case's name in the outputs (default: the first file's name)")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--output", required=True,
                    help="folder for <id>.nii.gz masks, volumes.csv and lesions.csv (one row per lesion)")

@@ -134,16 +134,22 @@ def explain(args) -> int:
 
 
 def infer(args) -> int:
-    from pipeline.inference.batch import segment_datalist
+    from pipeline.inference.batch import segment_cases, segment_datalist
     from pipeline.inference.predictor import Predictor
 
     overrides = dict(tta_axes=[0, 1, 2] if args.tta else None, overlap=args.overlap, threshold=args.threshold,
                      min_lesion_ml=args.min_lesion_ml, min_lesion_peak=args.min_lesion_peak, runtime=args.runtime,
                      diffusion_check=None if args.diffusion_check else False)
     predictor = Predictor.from_path(args.model, device=args.device, **overrides)
-    report = segment_datalist(predictor, args.datalist, args.output, split=args.split, dataset_dir=args.dataset_dir,
-                              overwrite=args.overwrite, save_prob=args.save_prob, save_unc=args.save_unc,
-                              mni=args.mni, dicom_seg=args.dicom_seg)
+    if args.image:  # one case from the command line: no manifest to write
+        images = [None if p.lower() in ("none", "null") else str(Path(p).resolve()) for p in args.image]
+        case = dict(id=args.id or Path(args.image[0]).name.split(".")[0], image=images)
+        report = segment_cases(predictor, [case], args.output, overwrite=args.overwrite, save_prob=args.save_prob,
+                               save_unc=args.save_unc, mni=args.mni, dicom_seg=args.dicom_seg)
+    else:
+        report = segment_datalist(predictor, args.datalist, args.output, split=args.split,
+                                  dataset_dir=args.dataset_dir, overwrite=args.overwrite, save_prob=args.save_prob,
+                                  save_unc=args.save_unc, mni=args.mni, dicom_seg=args.dicom_seg)
     print(f"{len(report.written)} written, {len(report.skipped)} kept (exist; --overwrite replaces), "
           f"{len(report.failures)} failed -> {args.output}")
     for cid, reason in report.failures:

@@ -80,7 +80,8 @@ class SplitChannelsd(mt.MapTransform):
         files = d.pop(self.keys[0])
         files = list(files) if isinstance(files, (list, tuple)) else [files]
         if len(files) != self.channels:
-            raise InputError(f"{len(files)} image file(s) but the model takes {self.channels} channel(s)",
+            raise InputError(f"{len(files)} image file(s) but the model takes {self.channels} channel(s) (a channel "
+                             "the case lacks is null in a manifest, none on the command line)",
                              case=str(d.get("id", "?")), path=str(files[0]) if files else None)
         d.update(zip(channel_keys(self.channels), files, strict=False))
         return d

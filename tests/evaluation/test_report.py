@@ -133,7 +133,7 @@ def test_a_label_stored_in_another_voxel_order_scores_as_on_the_image_grid(tmp_p
 def test_cases_without_flair_are_segmented_by_a_model_trained_with_flair_dropout(synth_set, tiny_checkpoint,
                                                                                   tmp_path):
     """A null FLAIR (a case that lacks it) is blanked, as the default training's channel dropout taught the model:
-    validate warns, infer writes every mask on the DWI grid."""
+    validate warns, infer writes every mask on the DWI grid, from a manifest or from `--image DWI ADC none`."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -157,3 +157,9 @@ def test_cases_without_flair_are_segmented_by_a_model_trained_with_flair_dropout
     for case in cases:
         mask, dwi = nib.load(pred / f"{case['id']}.nii.gz"), nib.load(case["image"][0])
         assert mask.shape == dwi.shape and np.allclose(mask.affine, dwi.affine, atol=1e-4)
+    # one case straight from its files, no manifest: the same mask
+    result = run_cli("infer", "--model", str(tiny_checkpoint), "--image", cases[0]["image"][0], cases[0]["image"][1],
+                     "none", "--id", "one", "--output", str(tmp_path / "single"), "--no-mni")
+    assert result.returncode == 0 and "1 written" in result.stdout, result.stderr[-2000:]
+    assert np.array_equal(nib.load(tmp_path / "single" / "one.nii.gz").get_fdata(),
+                          nib.load(pred / f"{cases[0]['id']}.nii.gz").get_fdata())
