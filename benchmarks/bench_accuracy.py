@@ -4,7 +4,8 @@
   synthetic manifest; seconds per case beside each.
 * Generalisation: the same model on the in-domain test split, on the shifted-domain test set (acquisitions
   outside the training ranges, ``make data``), and on the in-domain test split re-sliced to ``--thickness`` mm
-  (:mod:`pipeline.data.reslice`): mean Dice, lesion F1, and the largest volume error of lesions over 5 mL;
+  (:mod:`pipeline.data.reslice`), and on the first two without each channel the model can do without (FLAIR:
+  ``null``, as for cases that lack it): mean Dice, lesion F1, and the largest volume error of lesions over 5 mL;
   beside them, the Dice the model grid allows: each truth mask resampled onto the model's grid as training
   sees it, then put back onto the scan's grid as inference does. The gap between the two is the model's.
 
@@ -111,7 +112,8 @@ def evaluate_set(predictor, cases: list[dict]) -> dict:
 
     s = predictor.settings
     prepare = val_transforms(s.channels, s.spacing, register=s.register, n4=s.n4, spatial_dims=s.spatial_dims,
-                             volume_index=s.volume_index, crop_to_head=s.crop_to_head, normalise=s.normalise)
+                             volume_index=s.volume_index, crop_to_head=s.crop_to_head, normalise=s.normalise,
+                             optional_channels=s.optional_channels)
     rows = []
     for case in cases:
         label = nib.load(case["label"])
@@ -140,15 +142,23 @@ def truth_through_grid(prepare, case: dict, label: nib.Nifti1Image) -> np.ndarra
 
 
 def generalisation(predictor, datalist: str, shifted: str, thickness: float) -> dict:
-    """The model on the in-domain test split, the shifted-domain test set and the test split re-sliced."""
+    """The model on the in-domain test split, the shifted-domain test set and the test split re-sliced; and on the
+    first two with each channel the model can do without (``optional_channels``, e.g. FLAIR) missing."""
     import tempfile
 
-    from pipeline.data.manifest import select_cases
+    from pipeline.data.manifest import load_manifest, select_cases
     from pipeline.data.reslice import reslice_manifest
 
-    out = {"in-domain": evaluate_set(predictor, select_cases(datalist, "testing"))}
+    sets = {"in-domain": select_cases(datalist, "testing")}
     if Path(shifted).is_file():
-        out["shifted"] = evaluate_set(predictor, select_cases(shifted, "testing"))
+        sets["shifted"] = select_cases(shifted, "testing")
+    out = {name: evaluate_set(predictor, cases) for name, cases in sets.items()}
+    names = load_manifest(datalist).get("channels") or []
+    for channel in predictor.settings.optional_channels:
+        missing = names[channel].upper() if channel < len(names) else f"channel {channel}"
+        for name, cases in sets.items():
+            out[f"{name} without {missing} (null)"] = evaluate_set(predictor, [
+                dict(c, image=[None if i == channel else p for i, p in enumerate(c["image"])]) for c in cases])
     with tempfile.TemporaryDirectory() as tmp:
         reslice_manifest(datalist, tmp, thickness)
         out[f"in-domain re-sliced to {thickness:g} mm"] = evaluate_set(predictor, select_cases(
