@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -21,6 +22,11 @@ def test_synth_then_validate_then_preview_as_a_user_would(tmp_path):
     assert result.returncode == 0, result.stderr
     assert run_cli("validate", str(manifest)).returncode == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    data = json.loads(manifest.read_text())  # a case without FLAIR (null) previews with that panel blank
+    data["training"][0]["image"][2] = None
+    manifest.write_text(json.dumps(data))
+    result = run_cli("preview", str(manifest), "--out", str(tmp_path / "null.png"))
+    assert result.returncode == 0 and (tmp_path / "null.png").stat().st_size > 20_000, result.stderr
 
 
 def test_manifest_command_on_a_missing_folder_is_one_line(tmp_path):

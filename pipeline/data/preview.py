@@ -45,10 +45,10 @@ def preview_manifest(manifest: str | Path, out: str | Path, cases: int = 4, data
         vols, ref = _on_first_grid(paths)
         mask = vols[-1] > 0.5 if case.get("label") else None
         z = lesion_slice(mask) if mask is not None else ref.shape[2] // 2
-        for ax, vol, name in zip(row, vols, channels, strict=False):
+        for ax, vol, name, path in zip(row, vols, channels, paths, strict=False):
             sl = np.rot90(vol[:, :, z])
             ax.imshow(sl, cmap="gray", vmin=0, vmax=np.percentile(vol[vol > 0], 99.5) if (vol > 0).any() else 1)
-            ax.set_title(f"{name.upper()}", fontsize=9)
+            ax.set_title(f"{name.upper()}" + (" (none: null)" if path is None else ""), fontsize=9)
         ax = row[-1]
         ax.imshow(np.rot90(vols[0][:, :, z]), cmap="gray")
         if mask is not None and mask[:, :, z].any():
