@@ -98,6 +98,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
                    help="where the network runs (default auto: OpenVINO on CPU, PyTorch on GPU)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    p.add_argument("--volume-index", type=int,
+                   help="take this volume of 4D images (e.g. -1: the last b-value of a dcm2niix DWI)")
     p.add_argument("--min-lesion-ml", type=float, help="drop lesions smaller than this (mL)")
     p.add_argument("--min-lesion-peak", type=float,
                    help="drop lesions whose highest probability is below this (default: the model's; 0: off)")

@@ -101,7 +101,7 @@ class CaseRules:
         if img.shape[0] > 1:
             if self.volume_index is None:
                 raise fail(f"4D image with {img.shape[0]} volumes: choose one with the config key volume_index "
-                           "(e.g. --volume_index -1 for the last)")
+                           "(e.g. the last: train --volume_index -1, infer/validate --volume-index -1)")
             if not -img.shape[0] <= self.volume_index < img.shape[0]:
                 raise fail(f"volume_index {self.volume_index} is outside the image's {img.shape[0]} volumes")
             img = img[self.volume_index: self.volume_index + 1 or None]

@@ -163,3 +163,30 @@ def test_cases_without_flair_are_segmented_by_a_model_trained_with_flair_dropout
     assert result.returncode == 0 and "1 written" in result.stdout, result.stderr[-2000:]
     assert np.array_equal(nib.load(tmp_path / "single" / "one.nii.gz").get_fdata(),
                           nib.load(pred / f"{cases[0]['id']}.nii.gz").get_fdata())
+
+
+@pytest.mark.slow
+def test_a_4d_dwi_is_refused_in_one_line_then_segmented_with_volume_index(synth_set, tiny_checkpoint, tmp_path):
+    """dcm2niix writes DWI as 4D (b0 first, b1000 last): infer names the fix, and --volume-index -1 gives the mask
+    of the b1000 volume alone."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipeline.data.manifest import load_manifest
+
+    case = load_manifest(synth_set[1])["testing"][0]
+    dwi = nib.load(case["image"][0])
+    b1000 = dwi.get_fdata(dtype=np.float32)
+    stacked = tmp_path / "dwi_4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([b1000 * 3, b1000], -1), dwi.affine), stacked)
+    common = ["infer", "--model", str(tiny_checkpoint), "--no-mni", "--id", "c"]
+    result = run_cli(*common, "--image", str(stacked), *case["image"][1:], "--output", str(tmp_path / "a"))
+    assert result.returncode == 1 and "4D image with 2 volumes" in result.stderr
+    assert "infer/validate --volume-index -1" in result.stderr
+    result = run_cli(*common, "--image", str(stacked), *case["image"][1:], "--output", str(tmp_path / "b"),
+                     "--volume-index", "-1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(*common, "--image", *case["image"], "--output", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    mask, alone = nib.load(tmp_path / "b" / "c.nii.gz"), nib.load(tmp_path / "c" / "c.nii.gz")
+    assert mask.shape == dwi.shape and np.array_equal(mask.get_fdata(), alone.get_fdata())
