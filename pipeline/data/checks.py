@@ -189,7 +189,7 @@ def check_case(case: dict, rules: CaseRules) -> list[Problem]:
                 continue
             img = rules.image(rules.load(path, cid), cid, path)
         except InputError as err:
-            found.append(Problem("error", cid, str(path), err.reason))
+            found.append(Problem("error", cid, str(err.path or path), err.reason))  # a null channel: image[i]
             continue
         if not int(img.meta.get("qform_code", 0)) and not int(img.meta.get("sform_code", 0)):  # ANALYZE has neither
             found.append(Problem("warning", cid, str(path), "no orientation in the header (qform and sform codes "

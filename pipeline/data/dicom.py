@@ -213,17 +213,17 @@ def dicom_to_nifti(root: str | Path, out: str | Path, manifest: str | Path | Non
             failed.append((subject, damaged))
             continue
         missing = [k for k in CHANNELS if k not in chosen and k not in OPTIONAL]
+        found = ", ".join(repr(s.description) for s in members)
         if missing:
-            found = ", ".join(repr(s.description) for s in members)
             failed.append((subject, f"no {' or '.join(missing).upper()} series among {found} in "
                                     f"{Path(members[0].files[0]).parent}"))
             continue
         paths = {"dwi": f"{subject}/{session}/dwi/{subject}_{session}_dwi.nii.gz",
                  "adc": f"{subject}/{session}/dwi/{subject}_{session}_adc.nii.gz",
                  "flair": f"{subject}/{session}/anat/{subject}_{session}_FLAIR.nii.gz"}
-        if any(k not in chosen for k in OPTIONAL):
-            log.warning("%s: no FLAIR series among %s: FLAIR left null (models trained with FLAIR dropout "
-                        "segment from DWI and ADC)", subject, ", ".join(repr(s.description) for s in members))
+        for kind in (k for k in OPTIONAL if k not in chosen):
+            log.warning("%s: no %s series among %s: %s left null (models trained with its dropout do without it)",
+                        subject, kind.upper(), found, kind.upper())
         try:
             for kind in chosen:
                 _write_series(chosen[kind], out / paths[kind])

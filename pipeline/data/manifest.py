@@ -193,10 +193,11 @@ def load_manifest(path: str | Path, dataset_dir: str | Path | None = None) -> di
     out = dict(data, dataset_dir=str(root))
     for key in ("training", "testing"):
         cases = []
-        for case in data.get(key, []):
+        for i, case in enumerate(data.get(key, [])):
             images = case["image"] if isinstance(case["image"], list) else [case["image"]]
             case = dict(case, image=[None if p is None else str(root / p) for p in images])  # null: a missing channel
-            case.setdefault("id", Path(images[0]).name.split(".")[0])
+            if "id" not in case:  # the first image's name (a null first channel is refused later, by its case)
+                case["id"] = Path(images[0]).name.split(".")[0] if images and images[0] else f"{key}[{i}]"
             if case.get("label"):
                 case["label"] = str(root / case["label"])
             cases.append(case)

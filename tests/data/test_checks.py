@@ -347,3 +347,5 @@ def test_a_missing_optional_channel_is_blank_and_any_other_is_refused(tmp_path):
     manifest.write_text(json.dumps({"testing": [{"id": "case7", "image": [paths[0], None]}]}))
     problems = validate_manifest(manifest, progress=False)
     assert [(p.severity, p.case, p.path) for p in problems] == [("warning", "case7", "image[1]")]
+    manifest.write_text(json.dumps({"testing": [{"id": "case7", "image": [None, paths[1]]}]}))
+    assert [(p.severity, p.path) for p in validate_manifest(manifest, progress=False)] == [("error", "image[0]")]
