@@ -100,3 +100,37 @@ def test_lesions_are_kept_only_when_their_peak_probability_reaches_min_lesion_pe
     assert not mask[2:6, 2:6, 2:6].any()
     assert mask[10:16, 10:16, 10:16].all() and mask[16, 16, 16]
     assert Postprocess(threshold=0.5)(prob, voxel_ml=0.001).sum() == 64 + 216 + 1  # 0: every lesion
+
+
+def _stored_as(path: str, storage: str, folder) -> str:
+    """The image at ``path`` rewritten as a converter or scanner may store it."""
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = folder / path.split("/")[-1].replace(".nii.gz", "")
+    if storage == "big_endian":  # older scanners and Analyze-era tools
+        header = img.header.as_byteswapped(">")
+        out = nib.Nifti1Image(data.astype(data.dtype.newbyteorder(">")), img.affine, header)
+        target = f"{name}.nii"
+    elif storage == "nifti_pair":  # .hdr/.img (SPM)
+        out, target = nib.Nifti1Pair(data, img.affine, img.header), f"{name}.img"
+    else:  # int64 scanner units, uncompressed
+        out, target = nib.Nifti1Image(np.round(data * 10).astype(np.int64), img.affine, dtype=np.int64), f"{name}.nii"
+    nib.save(out, target)
+    return target
+
+
+@pytest.mark.parametrize("storage", ["big_endian", "nifti_pair", "int64_uncompressed"])
+def test_storage_a_converter_writes_gives_the_same_mask(tmp_path, storage):
+    """Byte order, file pair and integer width are the file's business, not the model's: same mask, same grid."""
+    case, blob = oblique_lps_case(tmp_path / "in")
+    stored = dict(case, image=[_stored_as(p, storage, tmp_path / storage) for p in case["image"]])
+    predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0]))
+    manifest = tmp_path / "m.json"
+    for name, c in (("plain", case), (storage, stored)):
+        manifest.write_text(json.dumps({"testing": [dict(c, id=name)]}))
+        report = segment_datalist(predictor, manifest, tmp_path / "out", progress=False)
+        assert report.written == [name] and not report.failures
+    plain, other = (nib.load(tmp_path / "out" / f"{n}.nii.gz") for n in ("plain", storage))
+    assert dice(plain.get_fdata() > 0, blob) > 0.8
+    assert np.array_equal(other.get_fdata(), plain.get_fdata()) and np.array_equal(other.affine, plain.affine)
