@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _data_commands(sub) -> None:
     """synth, manifest, validate, preview."""
     p = sub.add_parser("synth", help="synthesise ISLES'22-like stroke MRI on ICBM152 anatomy")
-    p.add_argument("--out", required=True, help="folder for the BIDS tree")
+    p.add_argument("--out", "--output", dest="out", required=True, help="folder for the BIDS tree")
     p.add_argument("--subjects", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--domain", default="random", help="acquisition ranges: random (default: what a multi-centre "
@@ -47,7 +47,7 @@ def _data_commands(sub) -> None:
     p = sub.add_parser("manifest", help="build a manifest from an ISLES'22 or ATLAS R2.0 tree")
     p.add_argument("--bids", required=True, help="root of the data set as released")
     p.add_argument("--layout", choices=["isles22", "atlas"], default="isles22")
-    p.add_argument("--out", required=True, help="manifest JSON to write")
+    p.add_argument("--out", "--output", dest="out", required=True, help="manifest JSON to write")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
@@ -56,12 +56,12 @@ def _data_commands(sub) -> None:
     p = sub.add_parser("dicom2nifti", help="DWI, ADC and FLAIR DICOM series under a folder -> ISLES'22-layout NIfTI "
                                           "tree and manifest (the DWI series kept for infer --dicom-seg)")
     p.add_argument("--in", dest="source", required=True, help="folder searched for DICOM series (recursively)")
-    p.add_argument("--out", required=True, help="folder for the NIfTI tree")
+    p.add_argument("--out", "--output", dest="out", required=True, help="folder for the NIfTI tree")
     p.add_argument("--manifest", help="manifest JSON to write (default: OUT/dataset.json)")
     p.set_defaults(func=commands.dicom2nifti)
 
     p = sub.add_parser("validate", help="open every file of a manifest and report every problem")
-    p.add_argument("manifest")
+    _manifest_argument(p)
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--verbose", action="store_true", help="list every warning, not only the first three")
     p.add_argument("--spatial-dims", type=int, default=3, choices=[2, 3],
@@ -71,11 +71,27 @@ def _data_commands(sub) -> None:
     p.set_defaults(func=commands.validate)
 
     p = sub.add_parser("preview", help="PNG montage of a manifest's cases")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True)
+    _manifest_argument(p)
+    p.add_argument("--out", "--output", dest="out", required=True)
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--dataset-dir")
     p.set_defaults(func=commands.preview)
+
+
+def _manifest_argument(p) -> None:
+    """The manifest as a positional argument or, as infer, evaluate and train take it, ``--datalist``."""
+    p.add_argument("manifest", nargs="?", help="manifest JSON (or --datalist)")
+    p.add_argument("--datalist", dest="datalist_option", metavar="DATALIST", help="manifest JSON, as for infer")
+    p.set_defaults(manifest_either=True)
+
+
+def _one_manifest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.manifest`` from the positional or ``--datalist``: one of them, not two different ones."""
+    given = {m for m in (args.manifest, args.datalist_option) if m}
+    if len(given) != 1:
+        parser.error(f"{args.command}: give the manifest once: {args.command} MANIFEST or --datalist MANIFEST"
+                     + (f" (got {' and '.join(sorted(given))})" if given else ""))
+    args.manifest = given.pop()
 
 
 def _inference_commands(sub) -> None:
@@ -89,7 +105,7 @@ def _inference_commands(sub) -> None:
                              "the case lacks, e.g. --image dwi.nii.gz adc.nii.gz none")
     p.add_argument("--id", help="the --image case's name in the outputs (default: the first file's name)")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
-    p.add_argument("--output", required=True,
+    p.add_argument("--output", "--out", dest="output", required=True,
                    help="folder for <id>.nii.gz masks, volumes.csv and lesions.csv (one row per lesion)")
     p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
     p.add_argument("--tta", action="store_true", help="average over all 8 mirrorings of the 3 axes")
@@ -120,7 +136,8 @@ def _inference_commands(sub) -> None:
     p.add_argument("--datalist", required=True, help="manifest JSON holding the case")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--case", required=True, help="case id")
-    p.add_argument("--output", required=True, help="folder for <id>_gradcam/_occlusion.nii.gz and <id>_explain.png")
+    p.add_argument("--output", "--out", dest="output", required=True,
+                   help="folder for <id>_gradcam/_occlusion.nii.gz and <id>_explain.png")
     p.add_argument("--layer", help="module name for Grad-CAM (default: the second-to-last decoder activation)")
     p.add_argument("--occlusion-size", type=int, default=16, help="occluding cube's edge in voxels (default 16)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu")
@@ -130,7 +147,7 @@ def _inference_commands(sub) -> None:
     p.add_argument("--datalist", required=True)
     p.add_argument("--dataset-dir")
     p.add_argument("--predictions", required=True, help="folder with <id>.nii.gz masks")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", "--out", dest="output", required=True)
     p.add_argument("--split", default="testing", choices=["testing", "training", "all"])
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="normalised surface Dice tolerance")
     p.add_argument("--no-viewer", dest="viewer", action="store_false",
@@ -142,14 +159,14 @@ def _inference_commands(sub) -> None:
 
     p = sub.add_parser("reslice", help="thick-slice copies of a manifest's cases (slices averaged) and their manifest")
     p.add_argument("--datalist", required=True, help="manifest JSON")
-    p.add_argument("--out", required=True, help="folder for the copies and manifest.json")
+    p.add_argument("--out", "--output", dest="out", required=True, help="folder for the copies and manifest.json")
     p.add_argument("--thickness", type=float, default=4.5, help="slice thickness in mm (default 4.5)")
     p.add_argument("--split", default="testing", choices=["testing", "training"])
     p.set_defaults(func=commands.reslice)
 
     p = sub.add_parser("compare", help="evaluations side by side (e.g. the in-domain and the shifted-domain test)")
     p.add_argument("evaluations", nargs="+", metavar="NAME=FOLDER", help="a name and an evaluate output folder")
-    p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--out", "--output", dest="out", help="also write the markdown table here")
     p.add_argument("--paired", action="store_true", help="also each evaluation against the first, case by case: "
                    "the mean difference with its 95%% bootstrap CI and the Wilcoxon p (same test cases)")
     p.add_argument("--metric", default="dice", help="the metrics.csv column --paired compares (default dice)")
@@ -195,7 +212,8 @@ def _training_commands(sub) -> None:
     p.add_argument("--datalist", required=True, help="manifest JSON; its training cases are read once")
     p.add_argument("--dataset-dir", help="folder the manifest's paths are relative to (overrides its own)")
     p.add_argument("--budget", default="cpu", help="cpu (default), gpu-8gb or gpu-24gb")
-    p.add_argument("--out", required=True, help="overlay YAML to write; NAME_fingerprint.json (and NAME_2d.yaml "
+    p.add_argument("--out", "--output", dest="out", required=True,
+                   help="overlay YAML to write; NAME_fingerprint.json (and NAME_2d.yaml "
                    "for thick-slice data) beside it")
     p.set_defaults(func=commands.plan)
 
@@ -204,7 +222,8 @@ def _training_commands(sub) -> None:
                        "bundles/stroke_mri_segmentation/configs/norm/*.yaml --output outputs/norm_study "
                        "--max_epochs 8")
     p.add_argument("--variants", nargs="+", required=True, help="config files, each merged over train.yaml")
-    p.add_argument("--output", required=True, help="folder for the runs and study.{csv,md,png}")
+    p.add_argument("--output", "--out", dest="output", required=True,
+                   help="folder for the runs and study.{csv,md,png}")
     p.set_defaults(func=commands.study, takes_overrides=True)
 
 
@@ -213,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "manifest_either", False):
+        _one_manifest(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     for chatty in QUIET_LOGGERS:  # their INFO lines repeat what the one-line errors say, or are advertising

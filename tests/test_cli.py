@@ -17,10 +17,15 @@ def test_help_imports_no_heavy_library():
 
 def test_synth_then_validate_then_preview_as_a_user_would(tmp_path):
     out, manifest, png = tmp_path / "x", tmp_path / "x.json", tmp_path / "x.png"
-    result = run_cli("synth", "--out", str(out), "--subjects", "3", "--seed", "3", "--spacing", "4",
-                     "--manifest", str(manifest), "--preview", str(png))
+    result = run_cli("synth", "--output", str(out), "--subjects", "3", "--seed", "3", "--spacing", "4",
+                     "--manifest", str(manifest), "--preview", str(png))  # --output as infer names it: --out
     assert result.returncode == 0, result.stderr
-    assert run_cli("validate", str(manifest)).returncode == 0
+    positional, option = run_cli("validate", str(manifest)), run_cli("validate", "--datalist", str(manifest))
+    assert positional.returncode == option.returncode == 0 and positional.stdout == option.stdout
+    assert f"{manifest}: 0 error(s)" in option.stdout
+    for args in ([], [str(manifest), "--datalist", str(png)]):  # no manifest, or two different ones
+        result = run_cli("validate", *args)
+        assert result.returncode == 2 and "give the manifest once" in result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     data = json.loads(manifest.read_text())  # a case without FLAIR (null) previews with that panel blank
     data["training"][0]["image"][2] = None
