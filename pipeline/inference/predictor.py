@@ -90,16 +90,47 @@ def lesion_probability(network: torch.nn.Module, image: torch.Tensor, spatial_di
     elif inferer is None:
         inferer = make_inferer(spatial_dims, roi_size, overlap, mode, sw_batch_size, device=stitch_device)
     net = SkipEmptyWindows(network, head) if skip_empty else network
+    inside = (slice(None),) * image.dim()
+    if not hasattr(network, "output_size"):  # overlap-tile mirrors its own borders
+        image, inside = mirrored_to_window(image, roi_size)
     probs = []
     for flips in mirrorings(tta_axes):
         dims = [axis + 2 for axis in flips]
         x = torch.flip(image, dims=dims) if dims else image
         p = logits_to_probability(inferer(x, net), head)
-        probs.append(torch.flip(p, dims=dims) if dims else p)
+        probs.append((torch.flip(p, dims=dims) if dims else p)[inside])
     if len(probs) == 1:
         return probs[0], None
     stack = torch.stack(probs)
     return stack.mean(0), stack.var(0, unbiased=False)
+
+
+def mirrored_to_window(image: torch.Tensor, roi_size: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``image`` (B, C, *spatial) mirrored at its faces along every axis shorter than the 3D window, and the
+    index that takes the original back out of a result (2D windows, over axial slices, are left to pad).
+
+    The sliding window pads such an axis with zeros, so a scan covering less than one window (a slab of a few
+    thick slices) showed the network brain cut off flat on both sides, which no training patch shows, and it
+    called lesions along the cuts (6 slices of a 2.9 mL case: 49 mL; mirrored: 5.8 mL, Dice 0.11 -> 0.62).
+    Mirrored, the anatomy continues across the faces, as at the image borders of the U-Net paper's
+    overlap-tile. Where a whole head is shorter than the window (a 110 mm field of view), its mirrored top
+    changed the shipped model's mean test Dice by 0 (in-domain) and +0.001 (shifted: one case +0.018).
+    """
+    inside = [slice(None)] * image.dim()
+    if len(roi_size) != image.dim() - 2:
+        return image, tuple(inside)
+    for axis, window in enumerate(roi_size):
+        dim, size = axis + 2, image.shape[axis + 2]
+        short = max(0, int(window) - size)
+        before, after = short // 2, short - short // 2
+        inside[dim] = slice(before, before + size)
+        while before or after:  # one mirror copy at a time: a thin slab needs several
+            n = image.shape[dim]
+            b, a = min(before, n), min(after, n)
+            image = torch.cat([torch.flip(image.narrow(dim, 0, b), [dim]), image,
+                               torch.flip(image.narrow(dim, n - a, a), [dim])], dim)
+            before, after = before - b, after - a
+    return image, tuple(inside)
 
 
 def mirrorings(axes: Sequence[int]) -> list[tuple[int, ...]]:

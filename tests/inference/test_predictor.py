@@ -10,7 +10,7 @@ import torch
 from conftest import BrightIsLesion, oblique_lps_case
 from pipeline.evaluation.metrics import dice
 from pipeline.inference.batch import segment_datalist
-from pipeline.inference.predictor import Predictor, lesion_probability, mirrorings
+from pipeline.inference.predictor import Predictor, lesion_probability, mirrored_to_window, mirrorings
 from pipeline.inference.settings import Settings
 
 
@@ -86,6 +86,27 @@ def test_tta_averages_all_eight_mirrorings():
     # flipping axis 0 or 2 mirrors the ramp, so the 8-pass mean is symmetric along both
     assert torch.allclose(mean, torch.flip(mean, dims=[2]), atol=1e-6)
     assert torch.allclose(mean, torch.flip(mean, dims=[4]), atol=1e-6)
+
+
+def test_a_slab_thinner_than_the_window_reaches_the_network_mirrored_not_cut_off_by_zeros():
+    """A scan covering less than a window (a few thick slices) is mirrored at its faces, so the network sees
+    anatomy continue across the cut instead of a flat edge it never trained on; the result keeps the slab's grid."""
+    seen = []
+
+    class Spy(torch.nn.Module):  # records its windows; the lesion logit is the first channel's value
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.cat([-x[:, :1], x[:, :1]], 1)
+
+    image = torch.rand(1, 2, 40, 36, 5) + 0.5  # tissue up to both faces of a 5-slice slab
+    prob, _ = lesion_probability(Spy(), image, 3, [32, 32, 32], overlap=0.25, skip_empty=False)
+    assert prob.shape == (1, 1, 40, 36, 5)
+    assert torch.allclose(prob, torch.sigmoid(2 * image[:, :1]), atol=1e-5)  # each voxel its own answer
+    assert seen and all(bool((w.abs().amax(dim=(0, 1, 2, 3)) > 0).all()) for w in seen)  # no zero plane
+    mirrored, inside = mirrored_to_window(image, [32, 32, 32])
+    assert np.array_equal(mirrored.numpy(), np.pad(image.numpy(), [(0, 0)] * 4 + [(13, 14)], mode="symmetric"))
+    assert torch.equal(mirrored[inside], image)
+    assert mirrored_to_window(image, [32, 32])[0] is image  # 2D windows over axial slices: left to the inferer
 
 
 def test_lesions_are_kept_only_when_their_peak_probability_reaches_min_lesion_peak():
