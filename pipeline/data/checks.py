@@ -110,7 +110,8 @@ class CaseRules:
                        "(spatial_dims 2) or the whole volume")
         values = img.as_tensor()  # plain tensor: no MetaTensor bookkeeping on whole-volume checks
         if not bool(torch.isfinite(values).all()):
-            raise fail(f"{int((~torch.isfinite(values)).sum())} NaN/Inf voxels")
+            raise fail(f"{int((~torch.isfinite(values)).sum())} NaN/Inf voxels; if they are background (some "
+                       "fitting tools write NaN where no ADC was fitted), write them as 0, e.g. fslmaths IN -nan OUT")
         low, high = (float(v) for v in torch.aminmax(values))
         if low == high:  # a blank channel (failed export, wrong series) holds nothing to segment
             raise fail("image is all zero" if high == 0 else f"image is constant (every voxel {high:g})")
