@@ -157,10 +157,13 @@ def _inference_commands(sub) -> None:
     p.add_argument("--name", help="metric prefix in MLflow (default: the split, e.g. testing/dice; shifted/dice)")
     p.set_defaults(func=commands.evaluate)
 
-    p = sub.add_parser("reslice", help="thick-slice copies of a manifest's cases (slices averaged) and their manifest")
+    p = sub.add_parser("reslice", help="thick-slice (slices averaged) or partial-coverage copies of a manifest's "
+                       "cases and their manifest")
     p.add_argument("--datalist", required=True, help="manifest JSON")
     p.add_argument("--out", "--output", dest="out", required=True, help="folder for the copies and manifest.json")
-    p.add_argument("--thickness", type=float, default=4.5, help="slice thickness in mm (default 4.5)")
+    p.add_argument("--thickness", type=float, help="slice thickness in mm (default 4.5 unless --coverage alone)")
+    p.add_argument("--coverage", type=float, help="keep only this many mm (scanner z) around each case's lesion: "
+                   "a scan covering part of the head")
     p.add_argument("--split", default="testing", choices=["testing", "training"])
     p.set_defaults(func=commands.reslice)
 

@@ -182,9 +182,9 @@ def evaluate(args) -> int:
 def reslice(args) -> int:
     from pipeline.data.reslice import reslice_manifest
 
-    data = reslice_manifest(args.datalist, args.out, args.thickness, split=args.split)
-    print(f"wrote {len(data['testing'])} case(s) re-sliced to {args.thickness:g} mm and "
-          f"{Path(args.out) / 'manifest.json'}")
+    thickness = args.thickness if args.thickness or args.coverage else 4.5
+    data = reslice_manifest(args.datalist, args.out, thickness, split=args.split, coverage_mm=args.coverage)
+    print(f"wrote {len(data['testing'])} case(s) of {data['name']} and {Path(args.out) / 'manifest.json'}")
     return EXIT_OK
 
 

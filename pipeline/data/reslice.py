@@ -1,14 +1,18 @@
-"""Thick-slice copies of a data set: each file averaged along its slice axis into slices of a given thickness.
+"""Thick-slice and partial-coverage copies of a data set: each file averaged along its slice axis into slices of a
+given thickness, and/or cut to a slab of a given coverage around the lesion.
 
 What a clinical 4-5 mm protocol would have acquired from the same heads: along the slice axis (the voxel axis
 closest to the scanner's z) each thick slice is the average of the thin slices it covers, weighted by how much
 of each it covers (a box slice profile; each thin slice stands for its own slab), the in-plane grid is kept,
 and a label becomes the averaged lesion fraction above one half. Files whose slices are
 already that thick are copied as they are. Used to measure how a model holds up on thick slices
-(``make bench``), and by users to check their own data the same way.
+(``make bench``), and by users to check their own data the same way. A slab (``coverage_mm``) keeps the slices
+whose centres lie within that many mm (scanner z) around the lesion's centre, in every file on its own grid: what a
+scan covering only part of the head (a few thick slices) shows.
 
 Example:
     >>> reslice_manifest("data_manifests/synthetic.json", "data/thick", thickness_mm=4.5)  # doctest: +SKIP
+    >>> reslice_manifest("data_manifests/synthetic.json", "data/slab", None, coverage_mm=36)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["slice_axis", "reslice_image", "reslice_manifest"]
+__all__ = ["slice_axis", "reslice_image", "slab_image", "lesion_centre_z", "reslice_manifest"]
 
 
 def slice_axis(affine: np.ndarray) -> int:
@@ -62,33 +66,77 @@ def reslice_image(img: nib.Nifti1Image, thickness_mm: float, label: bool = False
     return new
 
 
-def reslice_manifest(manifest: str | Path, out: str | Path, thickness_mm: float = 4.5, split: str = "testing",
-                     out_manifest: str | Path | None = None) -> dict:
-    """Write thick-slice copies of every file of ``split`` under ``out`` and a manifest of them (every case
-    in its ``testing`` list); returns that manifest."""
+def _slice_centres_z(img: nib.Nifti1Image) -> np.ndarray:
+    """Scanner z (mm) of each slice's centre along the slice axis, taken through the middle of the slice."""
+    affine = np.asarray(img.affine, float)
+    axis = slice_axis(affine)
+    ijk = np.tile((np.asarray(img.shape[:3], float) - 1) / 2, (img.shape[axis], 1))
+    ijk[:, axis] = np.arange(img.shape[axis])
+    return ijk @ affine[2, :3] + affine[2, 3]
+
+
+def lesion_centre_z(label: nib.Nifti1Image | None, reference: nib.Nifti1Image) -> float:
+    """Scanner z (mm) of the lesion's centre of mass; the middle of ``reference`` when there is no lesion."""
+    if label is not None:
+        voxels = np.argwhere(np.asanyarray(label.dataobj) > 0)
+        if len(voxels):
+            return float(voxels.mean(0)[:3] @ np.asarray(label.affine, float)[2, :3] + label.affine[2, 3])
+    return float(np.median(_slice_centres_z(reference)))
+
+
+def slab_image(img: nib.Nifti1Image, centre_z_mm: float, coverage_mm: float) -> nib.Nifti1Image:
+    """``img`` cut to the slices whose centres lie within ``coverage_mm / 2`` of ``centre_z_mm`` (scanner z), at
+    least the one nearest to it; the grid of what is kept is unchanged."""
+    z = _slice_centres_z(img)
+    keep = np.flatnonzero(np.abs(z - centre_z_mm) <= coverage_mm / 2)
+    if keep.size == 0:
+        keep = np.array([int(np.argmin(np.abs(z - centre_z_mm)))])
+    index = [slice(None)] * 3
+    index[slice_axis(img.affine)] = slice(int(keep.min()), int(keep.max()) + 1)
+    return img.slicer[tuple(index)]
+
+
+def reslice_manifest(manifest: str | Path, out: str | Path, thickness_mm: float | None = 4.5,
+                     split: str = "testing", out_manifest: str | Path | None = None,
+                     coverage_mm: float | None = None) -> dict:
+    """Write thick-slice (``thickness_mm``) and/or slab (``coverage_mm`` around each case's lesion) copies of
+    every file of ``split`` under ``out`` and a manifest of them (every case in its ``testing`` list); returns
+    that manifest."""
     from pipeline.data.manifest import load_manifest, write_manifest
     from pipeline.io import save_nifti_atomic
 
+    if thickness_mm is None and coverage_mm is None:
+        raise ValueError("reslice needs a slice thickness, a coverage or both")
     data = load_manifest(manifest)
     out = Path(out).resolve()
+
+    def copy(img: nib.Nifti1Image, centre_z: float | None, label: bool = False) -> nib.Nifti1Image:
+        img = reslice_image(img, thickness_mm, label=label) if thickness_mm else img
+        return slab_image(img, centre_z, coverage_mm) if coverage_mm else img
+
     cases = []
     for case in data.get(split, []):
         cid = str(case["id"])
+        label = nib.load(case["label"]) if case.get("label") else None
+        first = next(p for p in case["image"] if p is not None)
+        centre_z = lesion_centre_z(label, nib.load(first)) if coverage_mm else None
         images = []
         for i, path in enumerate(case["image"]):
             if path is None:  # a channel the case lacks stays missing
                 images.append(None)
                 continue
             target = out / cid / f"image_{i}.nii.gz"
-            save_nifti_atomic(reslice_image(nib.load(path), thickness_mm), target)
+            save_nifti_atomic(copy(nib.load(path), centre_z), target)
             images.append(target.relative_to(out).as_posix())
         entry = dict(id=cid, image=images)
-        if case.get("label"):
+        if label is not None:
             target = out / cid / "label.nii.gz"
-            save_nifti_atomic(reslice_image(nib.load(case["label"]), thickness_mm, label=True), target)
+            save_nifti_atomic(copy(label, centre_z, label=True), target)
             entry["label"] = target.relative_to(out).as_posix()
         cases.append(entry)
-    result = dict(name=f"{Path(manifest).stem} re-sliced to {thickness_mm:g} mm", dataset_dir=str(out),
+    what = [f"re-sliced to {thickness_mm:g} mm"] if thickness_mm else []
+    what += [f"cut to {coverage_mm:g} mm around the lesion"] if coverage_mm else []
+    result = dict(name=f"{Path(manifest).stem} {' and '.join(what)}", dataset_dir=str(out),
                   channels=data.get("channels"), training=[], testing=cases)
     write_manifest(result, out_manifest or out / "manifest.json")
     return result
