@@ -133,10 +133,12 @@ norm-study: $(MANIFEST) ## train each normalisation (configs/norm/*.yaml) for EP
 	$(PY) -m pipeline study --variants bundles/stroke_mri_segmentation/configs/norm/*.yaml --output outputs/norm_study \
 	  --datalist $(MANIFEST) --max_epochs $(or $(EPOCHS),10) $(ARGS)
 
-bench: $(MANIFEST) ## speed, memory and Dice vs MONAI baselines -> benchmarks/results*.{json,md} (REPEATS=3, MODEL=)
+bench: $(MANIFEST) $(SHIFTED_MANIFEST) ## speed, memory, Dice vs MONAI baselines, robustness -> benchmarks/results*.{json,md} (REPEATS=3, MODEL=)
 	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_training.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_accuracy.py --datalist $(MANIFEST) $(if $(MODEL),--model $(MODEL))
+	$(PY) benchmarks/bench_robustness.py --datalist $(SHIFTED_MANIFEST) --training-datalist $(MANIFEST) \
+	  $(if $(MODEL),--model $(MODEL))
 
 bench-plan: $(STAMP) ## planned vs fixed at the same training time on 1 mm, 2 mm and 5 mm-slice synthetic sets -> benchmarks/results_plan.md (~20 min)
 	$(PY) benchmarks/bench_plan.py $(if $(EPOCHS),--epochs $(EPOCHS))
