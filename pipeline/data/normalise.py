@@ -30,14 +30,16 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cc3d
 import numpy as np
 import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-__all__ = ["head_mask", "channel_stats", "apply_stats", "FieldOfViewd", "HeadMaskd", "NormStatsd", "ApplyNormd",
-           "normalisation",
+__all__ = ["head_mask", "channel_stats", "apply_stats", "FieldOfViewd", "BlankUncoveredd", "HeadMaskd", "NormStatsd",
+           "ApplyNormd", "normalisation",
            "DEFAULT_NORMALISE"]
 
 # ``clip`` and the z-score stay the defaults here for models trained before the options existed (their configs do
@@ -146,7 +148,33 @@ def _plain(img) -> torch.Tensor:
 class FieldOfViewd(MapTransform):
     """Add ``fov_key``: ones on the image's grid, to be padded with a zero border and resampled (linearly) with
     it. Where the resampled copy falls below 0.5, a voxel's centre lies outside the acquired field of view (more
-    than half a voxel beyond the first or last slice): :class:`HeadMaskd` leaves those out."""
+    than half a voxel beyond the first or last slice): :class:`HeadMaskd` leaves those out. With
+    ``coverage_keys`` (one per channel after the first; missing ones count as covering everything), the map has a
+    channel per image channel: each channel's own coverage (popped from the data), for :class:`BlankUncoveredd`."""
+
+    def __init__(self, keys, fov_key: str = "fov", coverage_keys: Sequence[str] = (),
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.fov_key, self.coverage_keys = fov_key, list(coverage_keys)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            ones = torch.ones_like(_plain(d[key])[:1])
+            covered = [_plain(d.pop(k))[:1].to(ones.dtype) if k in d else ones for k in self.coverage_keys]
+            d[self.fov_key] = _with_meta(d[key], torch.cat([ones, *covered]) if covered else ones)
+        return d
+
+
+class BlankUncoveredd(MapTransform):
+    """Set to 0 (no data: 0 after normalisation, the head's typical value, as a missing channel) each channel's
+    voxels that its own scan covered less than the first channel's did, with a voxel of margin for the blur of
+    resampling, and keep only the first channel's field of view at ``fov_key`` (for :class:`HeadMaskd`).
+
+    Linear resampling blends a channel's values with the zeros beyond its own field of view: an ADC on a grid of
+    its own that stops inside the head showed a band of very low ADC along its edge, read as restricted diffusion
+    (false lesions; ``make bench``'s robustness table, the shipped model: 0.537 blended, 0.636 blank, 0.765 with
+    the ADC on the DWI grid)."""
 
     def __init__(self, keys, fov_key: str = "fov", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -154,8 +182,18 @@ class FieldOfViewd(MapTransform):
 
     def __call__(self, data):
         d = dict(data)
+        fov = _plain(d.get(self.fov_key)) if self.fov_key in d else None
+        if fov is None or fov.shape[0] == 1:
+            return d
+        short = (fov[1:] < fov[:1] - 0.01).numpy()
         for key in self.key_iterator(d):
-            d[self.fov_key] = _with_meta(d[key], torch.ones_like(_plain(d[key])[:1]))
+            if short.any():
+                margin = np.ones((1,) + (3,) * (short.ndim - 1), bool)
+                blank = torch.from_numpy(ndimage.binary_dilation(short, structure=margin))
+                image = _plain(d[key]).clone()
+                image[1:][blank] = 0
+                d[key] = _with_meta(d[key], image)
+        d[self.fov_key] = _with_meta(d[self.fov_key], fov[:1])
         return d
 
 

@@ -15,7 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
+__all__ = ["COVERAGE", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -52,8 +52,13 @@ def _geometry(affine, shape) -> dict:
                 outputSpacing=tuple(spacing), outputDirection=tuple(direction.ravel()))
 
 
+COVERAGE = "{}_coverage"  # key of a resampled channel's coverage map: 1 where its own scan has a voxel
+
+
 class ResampleToGridd(MapTransform):
-    """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside).
+    """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside), and add
+    ``<key>_coverage`` (1 where the channel's own scan has a voxel, nearest neighbour) for
+    :class:`~pipeline.data.normalise.FieldOfViewd`.
 
     Does what MONAI's ``ResampleToMatchd`` does (differences below 1e-4 of the intensity range, except in
     the half voxel at the source's edge, which MONAI blends with zeros) with SimpleITK, which needs no full
@@ -83,9 +88,16 @@ class ResampleToGridd(MapTransform):
             moving.SetDirection(g["outputDirection"])
             moved = sitk.Resample(moving, grid["size"], sitk.Transform(), sitk.sitkLinear, grid["outputOrigin"],
                                   grid["outputSpacing"], grid["outputDirection"], 0.0, sitk.sitkFloat32)
+            ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+            ones.CopyInformation(moving)
+            covered = sitk.Resample(ones, grid["size"], sitk.Transform(), sitk.sitkNearestNeighbor,
+                                    grid["outputOrigin"], grid["outputSpacing"], grid["outputDirection"], 0,
+                                    sitk.sitkUInt8)
             meta = dict(src.meta)
             meta.update(affine=dst.affine.clone(), spatial_shape=np.asarray(dst.shape[1:]))
             d[key] = MetaTensor(torch.from_numpy(sitk.GetArrayFromImage(moved))[None], meta=meta)
+            covered = sitk.GetArrayFromImage(covered).astype(np.float32)
+            d[COVERAGE.format(key)] = MetaTensor(torch.from_numpy(covered)[None], meta=dict(meta))
         return d
 
 

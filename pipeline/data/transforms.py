@@ -31,7 +31,7 @@ from pipeline.data.antialias import AntiAliasd
 from pipeline.data.augment import ForegroundOnlyd, RandChannelDropoutd, RandLowResolutiond, RandPerChanneld
 from pipeline.data.deform import RandDeformd
 from pipeline.data.lesion_sampling import LesionWeightedIndicesd
-from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, FieldOfViewd, normalisation
+from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, BlankUncoveredd, FieldOfViewd, normalisation
 from pipeline.errors import ConfigError, InputError
 
 __all__ = ["channel_keys", "deterministic", "PadThickSlicesd", "sampling", "augmentation", "train_transforms",
@@ -123,7 +123,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     after augmenting.
     """
     from pipeline.data.checks import LoadCheckedd
-    from pipeline.data.sitk_transforms import ResampleToGridd
+    from pipeline.data.sitk_transforms import COVERAGE, ResampleToGridd
 
     keys = channel_keys(channels)
     label = [LABEL] if with_label else []
@@ -141,7 +141,8 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
             chain.append(RigidRegisterd(keys[1:], fixed_key=keys[0]))
         if n4:
             chain.append(N4BiasFieldd(keys))
-    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys), FieldOfViewd(IMAGE, FOV),
+    coverage = [COVERAGE.format(k) for k in keys[1:]]
+    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys), FieldOfViewd(IMAGE, FOV, coverage),
               mt.Orientationd([IMAGE, FOV] + label, axcodes="RAS", labels=RAS_LABELS)]
     if spacing:
         chain.append(PadThickSlicesd(IMAGE, [FOV] + label, spacing))
@@ -149,6 +150,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
         chain.append(mt.Spacingd([IMAGE, FOV] + label, pixdim=spacing,
                                  mode=["bilinear", "bilinear", "nearest"][: 2 + len(label)], padding_mode="zeros",
                                  dtype=np.float32))
+    chain.append(BlankUncoveredd(IMAGE, FOV))
     return chain + normalisation(IMAGE, **{**DEFAULT_NORMALISE, **(normalise or {})},
                                  crop_margin=crop_margin if crop_to_head else None, crop_keys=label,
                                  apply=apply_normalisation)

@@ -90,3 +90,29 @@ def test_a_lesion_on_the_last_thick_slice_reaches_the_model_grid(tmp_path):
     assert (image[label] > 2).mean() > 0.9  # bright, twice the tissue, z-scored: not cut off or zeroed
     z_mm = (np.asarray(out["image"].affine) @ [0, 0, np.nonzero(image.any(axis=(0, 1)))[0].max(), 1])[2]
     assert z_mm > (shape[2] - 1) * thick + thick / 2 - 2.0  # the head reaches the last slice's outer face
+
+
+def test_a_channel_covering_part_of_the_head_is_blank_beyond_its_edge_not_dark(tmp_path):
+    """An ADC on a grid of its own that stops inside the head: where it has no voxel it carries no value (0 after
+    normalisation, the head's typical tissue), and its edge is not blended with zeros into a band of low ADC,
+    which reads as restricted diffusion."""
+    shape = (96, 96, 24)  # 1 x 1 x 2 mm: the 2 mm model grid is coarser in-plane (smoothed, then resampled)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(float)
+    head = ((ijk[0] - 47.5) / 42) ** 2 + ((ijk[1] - 47.5) / 42) ** 2 + ((ijk[2] - 11.5) / 11) ** 2 < 1
+    rng = np.random.default_rng(0)
+    dwi_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    write_nifti(tmp_path / "dwi.nii.gz", (np.where(head, 100.0, 0) + rng.normal(0, 1, shape)).astype(np.float32),
+                dwi_affine)
+    adc_affine = np.diag([1.5, 1.5, 3.0, 1.0])  # its own grid, covering x < 48 mm only: half the head
+    adc = (800 + rng.normal(0, 1, (32, 64, 16))).astype(np.float32)
+    write_nifti(tmp_path / "adc.nii.gz", adc, adc_affine)
+    out = val_transforms(channels=2, spacing=[2.0, 2.0, 2.0], with_label=False, normalise={"scale": "median"})(
+        {"image": [str(tmp_path / "dwi.nii.gz"), str(tmp_path / "adc.nii.gz")]})  # as the shipped model
+    image = out["image"].numpy()
+    inside = image[0] != 0
+    x_mm = (np.asarray(out["image"].affine) @ np.stack([np.arange(image.shape[1]), *[np.zeros(image.shape[1])] * 2,
+                                                         np.ones(image.shape[1])]))[0]
+    covered = x_mm < 44  # within the ADC's field of view, two model voxels from its edge
+    assert np.abs(image[1][inside & covered[:, None, None]]).max() < 0.05  # uniform ADC: its own median
+    assert image[1][inside].min() > -0.05  # no dark band at the edge
+    assert (image[1][inside & ~covered[:, None, None]] == 0).mean() > 0.9  # beyond it: blank
