@@ -141,6 +141,20 @@ def apply_stats(image: torch.Tensor, mask: np.ndarray | torch.Tensor, stats: tor
     return out
 
 
+def _grown(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one voxel (26-neighbourhood, as ``binary_dilation``), worked out in its bounding box by a
+    separable 3-voxel maximum filter: two 1 mm channels 0.07 s instead of 0.20 s."""
+    from monai.transforms.utils import generate_spatial_bounding_box
+
+    if not mask.any():
+        return mask
+    start, end = generate_spatial_bounding_box(mask[None], margin=1)
+    box = tuple(slice(max(int(a), 0), int(b)) for a, b in zip(start, end, strict=True))  # starts may be -1
+    out = np.zeros_like(mask)
+    out[box] = ndimage.maximum_filter(mask[box].view(np.uint8), size=3).view(bool)
+    return out
+
+
 def _plain(img) -> torch.Tensor:
     return img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
 
@@ -162,7 +176,8 @@ class FieldOfViewd(MapTransform):
         for key in self.key_iterator(d):
             ones = torch.ones_like(_plain(d[key])[:1])
             covered = [_plain(d.pop(k))[:1].to(ones.dtype) if k in d else ones for k in self.coverage_keys]
-            d[self.fov_key] = _with_meta(d[key], torch.cat([ones, *covered]) if covered else ones)
+            partial = any(bool((c < 1).any()) for c in covered)  # else one channel: nothing to carry or blank
+            d[self.fov_key] = _with_meta(d[key], torch.cat([ones, *covered]) if partial else ones)
         return d
 
 
@@ -186,12 +201,11 @@ class BlankUncoveredd(MapTransform):
         if fov is None or fov.shape[0] == 1:
             return d
         short = (fov[1:] < fov[:1] - 0.01).numpy()
-        for key in self.key_iterator(d):
-            if short.any():
-                margin = np.ones((1,) + (3,) * (short.ndim - 1), bool)
-                blank = torch.from_numpy(ndimage.binary_dilation(short, structure=margin))
+        if short.any():
+            blank = torch.from_numpy(np.stack([_grown(s) for s in short]))
+            for key in self.key_iterator(d):
                 image = _plain(d[key]).clone()
-                image[1:][blank] = 0
+                image[1:].masked_fill_(blank, 0)
                 d[key] = _with_meta(d[key], image)
         d[self.fov_key] = _with_meta(d[self.fov_key], fov[:1])
         return d
