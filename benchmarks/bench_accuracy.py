@@ -5,8 +5,10 @@
 * Generalisation: the same model on the in-domain test split, on the shifted-domain test set (acquisitions
   outside the training ranges, ``make data``), and on the in-domain test split re-sliced to ``--thickness`` mm
   (:mod:`pipeline.data.reslice`), on the first two cut to ``--coverage`` mm slabs around their lesions (a scan
-  covering part of the head), and on the first two without each channel the model can do without (FLAIR:
-  ``null``, as for cases that lack it): mean Dice, lesion F1, and the largest volume error of lesions over 5 mL;
+  covering part of the head), on the first two without each channel the model can do without (FLAIR:
+  ``null``, as for cases that lack it), and on ``--independent`` cases of a second simulator that shares no code
+  with the project's generator (``independent_cases.py``: its own warp, tissue model, lesion shapes, acquisition
+  and storage): mean Dice, lesion F1, and the largest volume error of lesions over 5 mL;
   beside them, the Dice the model grid allows: each truth mask resampled onto the model's grid as training
   sees it, then put back onto the scan's grid as inference does. The gap between the two is the model's.
 
@@ -81,6 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--thickness", type=float, default=4.5, help="re-slice the test split to this many mm")
     parser.add_argument("--coverage", type=float, default=36.0,
                         help="also cut both test sets to slabs of this many mm around their lesions")
+    parser.add_argument("--independent", type=int, default=18,
+                        help="cases of the independent simulator (0: none)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--output", default=str(HERE / "results_accuracy.json"))
     args = parser.parse_args(argv)
@@ -101,7 +105,8 @@ def main(argv=None) -> int:
         results[name] = score(lambda c, p=predictor: p.predict_case(c)["mask"], cases)
         results[name]["dice_minus_baseline"] = results[name]["dice"] - results["baseline"]["dice"]
         print(name, round(results[name]["dice"], 4), flush=True)
-    results["generalisation"] = generalisation(fast, args.datalist, args.shifted, args.thickness, args.coverage)
+    results["generalisation"] = generalisation(fast, args.datalist, args.shifted, args.thickness, args.coverage,
+                                               args.independent)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     Path(args.output).with_suffix(".md").write_text(to_markdown(results))
     print(to_markdown(results))
@@ -144,10 +149,12 @@ def truth_through_grid(prepare, case: dict, label: nib.Nifti1Image) -> np.ndarra
     return to_grid(on_grid, np.asarray(prepared["image"].affine), label) >= 0.5
 
 
-def generalisation(predictor, datalist: str, shifted: str, thickness: float, coverage: float | None = None) -> dict:
+def generalisation(predictor, datalist: str, shifted: str, thickness: float, coverage: float | None = None,
+                   independent: int = 0) -> dict:
     """The model on the in-domain test split, the shifted-domain test set and the test split re-sliced; on the
-    first two cut to ``coverage`` mm around their lesions; and on the first two with each channel the model can
-    do without (``optional_channels``, e.g. FLAIR) missing."""
+    first two cut to ``coverage`` mm around their lesions; on the first two with each channel the model can
+    do without (``optional_channels``, e.g. FLAIR) missing; and on ``independent`` cases of the independent
+    simulator."""
     import tempfile
 
     from pipeline.data.manifest import load_manifest, select_cases
@@ -173,6 +180,12 @@ def generalisation(predictor, datalist: str, shifted: str, thickness: float, cov
                 reslice_manifest(manifest, tmp, None, coverage_mm=coverage)
                 out[f"{name} cut to {coverage:g} mm around the lesion"] = evaluate_set(predictor, select_cases(
                     Path(tmp) / "manifest.json", "testing"))
+    if independent:
+        from independent_cases import generate
+
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = generate(Path(tmp) / "cases", independent)
+            out["independent simulator"] = evaluate_set(predictor, select_cases(manifest, "testing"))
     for name, r in out.items():
         print(f"{name}: Dice {r['dice']:.4f} (the grid allows {r['grid_ceiling']:.4f}), lesion F1 {r['lesion_f1']:.4f}",
               flush=True)
