@@ -30,6 +30,9 @@ TRAIN_DIR ?= outputs/train
 PRED_DIR ?= outputs/predictions
 EVAL_DIR ?= outputs/evaluation
 SHIFTED_OUT ?= outputs/shifted
+INDEPENDENT_DIR ?= data/independent
+INDEPENDENT_MANIFEST ?= data_manifests/independent.json
+INDEPENDENT_OUT ?= outputs/independent
 BUNDLE ?= bundles/stroke_mri_segmentation
 TRAIN_CONFIG ?= $(BUNDLE)/configs/train.yaml
 # `make plan` writes the plan of MANIFEST here (and its fingerprint beside it); `make train PLAN=$(PLAN_OUT)` uses it
@@ -38,7 +41,7 @@ PLAN_OUT ?= outputs/plans/$(basename $(notdir $(MANIFEST))).yaml
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 
-.PHONY: help install install-browser data validate preview plan train cv infer evaluate shifted bundle demo norm-study bench bench-plan mlflow-ui test test-fast lint clean
+.PHONY: help install install-browser data validate preview plan train cv infer evaluate shifted independent bundle demo norm-study bench bench-plan mlflow-ui test test-fast lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +75,9 @@ $(MANIFEST): | $(STAMP)
 $(SHIFTED_MANIFEST): | $(STAMP)
 	$(PY) -m pipeline synth --domain shifted --out $(SHIFTED_DIR) --subjects $(SHIFTED_SUBJECTS) \
 	  --seed $$(( $(SEED) + 1000 )) --all-testing --manifest $(SHIFTED_MANIFEST) --preview $(SHIFTED_DIR)/preview.png
+
+$(INDEPENDENT_MANIFEST): | $(STAMP)
+	$(PY) benchmarks/independent_cases.py $(INDEPENDENT_DIR) --cases 18 --manifest $(INDEPENDENT_MANIFEST)
 
 validate: $(MANIFEST) ## check every file of MANIFEST
 	$(PY) -m pipeline validate $(MANIFEST)
@@ -108,6 +114,14 @@ shifted: $(SHIFTED_MANIFEST) ## segment and evaluate the shifted-domain test set
 	$(PY) -m pipeline evaluate --datalist $(SHIFTED_MANIFEST) --predictions $(SHIFTED_OUT)/predictions \
 	  --output $(SHIFTED_OUT)/evaluation --name shifted $${run_id:+--run-id $$run_id}
 
+independent: $(INDEPENDENT_MANIFEST) ## segment and evaluate 18 cases of a second, independent simulator with MODEL; metrics independent/* in MLflow
+	@model="$${MODEL:-$(LAST_BEST)}"; run_id=$$(cat $(TRAIN_DIR)/mlflow_run_id.txt 2>/dev/null); \
+	test -n "$$model" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
+	set -x; $(PY) -m pipeline infer --model "$$model" --datalist $(INDEPENDENT_MANIFEST) \
+	  --output $(INDEPENDENT_OUT)/predictions --overwrite $(ARGS) && \
+	$(PY) -m pipeline evaluate --datalist $(INDEPENDENT_MANIFEST) --predictions $(INDEPENDENT_OUT)/predictions \
+	  --output $(INDEPENDENT_OUT)/evaluation --name independent $${run_id:+--run-id $$run_id}
+
 bundle: $(STAMP) ## export the last training's best checkpoint (or FROM=outputs/cv: the fold ensemble) into BUNDLE
 	@ckpt="$${FROM:-$(LAST_BEST)}"; \
 	test -n "$$ckpt" || { echo "no checkpoint in $(TRAIN_DIR)/checkpoints: run 'make train' first"; exit 1; }; \
@@ -136,7 +150,7 @@ norm-study: $(MANIFEST) ## train each normalisation (configs/norm/*.yaml) for EP
 bench: $(MANIFEST) $(SHIFTED_MANIFEST) ## speed, memory, Dice vs MONAI baselines, robustness -> benchmarks/results*.{json,md} (REPEATS=3, MODEL=)
 	$(PY) benchmarks/bench_inference.py --repeats $(or $(REPEATS),3)
 	$(PY) benchmarks/bench_training.py --repeats $(or $(REPEATS),3)
-	$(PY) benchmarks/bench_accuracy.py --datalist $(MANIFEST) $(if $(MODEL),--model $(MODEL))
+	$(PY) benchmarks/bench_accuracy.py --datalist $(MANIFEST) --shifted $(SHIFTED_MANIFEST) $(if $(MODEL),--model $(MODEL))
 	$(PY) benchmarks/bench_robustness.py --datalist $(SHIFTED_MANIFEST) --training-datalist $(MANIFEST) \
 	  $(if $(MODEL),--model $(MODEL))
 
@@ -156,4 +170,4 @@ lint: $(STAMP) ## ruff over the package, tests and benchmarks
 	$(VENV)/bin/ruff check pipeline tests benchmarks
 
 clean: ## remove generated data, outputs and caches (keeps .venv)
-	rm -rf data outputs .pytest_cache .ruff_cache $(MANIFEST) $(SHIFTED_MANIFEST)
+	rm -rf data outputs .pytest_cache .ruff_cache $(MANIFEST) $(SHIFTED_MANIFEST) $(INDEPENDENT_MANIFEST)

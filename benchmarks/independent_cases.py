@@ -21,14 +21,16 @@ maps and brain mask in nilearn's wheel). What differs:
 
 Both simulators are this project's code, so "independent" means no shared generator code, not another author.
 
-Run: ``python benchmarks/independent_cases.py OUT_DIR [--cases 18] [--seed 11]`` (writes OUT_DIR.json);
-``benchmarks/bench_accuracy.py`` scores the model on such a set.
+Run: ``make independent`` (writes ``data/independent`` and ``data_manifests/independent.json``, then segments and
+evaluates them with ``MODEL``), or ``python benchmarks/independent_cases.py OUT_DIR [--cases 18] [--seed 11]
+[--manifest FILE]`` (default manifest OUT_DIR.json); ``benchmarks/bench_accuracy.py`` scores the model on such a
+set too.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -192,16 +194,22 @@ def make_case(t: Template, rng: np.random.Generator, out: Path, case_id: str, le
             "lesion_ml": round(float((truth >= 0.5).sum()) * inplane * inplane * thick / 1000, 3)}
 
 
-def generate(out_dir: str | Path, cases: int = 18, seed: int = 11) -> Path:
-    """Write ``cases`` cases under ``out_dir`` and their manifest (all ``testing``) beside it; its path."""
+def generate(out_dir: str | Path, cases: int = 18, seed: int = 11, manifest: str | Path | None = None) -> Path:
+    """Write ``cases`` cases under ``out_dir`` and their manifest (all ``testing``; default beside ``out_dir``);
+    the manifest's path."""
+    from pipeline.data.manifest import write_manifest
+
     out = Path(out_dir).resolve()
     rng = np.random.default_rng(seed)
     template = Template()
-    entries = [make_case(template, rng, out, f"ind{i:03d}", lesion=i % 6 != 5) for i in range(cases)]
-    manifest = out.with_suffix(".json")
-    manifest.write_text(json.dumps({"name": "independent simulator", "channels": ["dwi", "adc", "flair"],
-                                    "dataset_dir": str(out), "training": [], "testing": entries}, indent=1) + "\n")
-    return manifest
+    entries = []
+    for i in range(cases):
+        entries.append(make_case(template, rng, out, f"ind{i:03d}", lesion=i % 6 != 5))
+        print(f"\r{i + 1}/{cases} cases", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    data = {"name": "independent simulator", "channels": ["dwi", "adc", "flair"], "dataset_dir": str(out),
+            "training": [], "testing": entries}
+    return write_manifest(data, manifest or out.with_suffix(".json"))
 
 
 def main(argv=None) -> int:
@@ -209,8 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--cases", type=int, default=18)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--manifest", help="where the manifest goes (default: OUT_DIR.json)")
     args = parser.parse_args(argv)
-    print(generate(args.out_dir, args.cases, args.seed))
+    print(generate(args.out_dir, args.cases, args.seed, args.manifest))
     return 0
 
 
