@@ -153,7 +153,9 @@ class RandChannelDropoutd(RandomizableTransform, MapTransform):
     the head's typical value (median or mean), as if that sequence said nothing. A model that sometimes trains
     without FLAIR has to find infarcts from DWI and ADC alone (bright on one, dark on the other), so a FLAIR
     unlike its training FLAIRs (another inversion time, CSF not nulled) cannot lead it astray. Modality dropout,
-    as in HeMIS (Havaei et al. 2016) and nnU-Net-style robustness studies."""
+    as in HeMIS (Havaei et al. 2016) and nnU-Net-style robustness studies. A channel listed more than once is
+    drawn that much more often (``[0, 2, 2, 2]``: FLAIR three times as often as DWI). A single-channel image
+    (a T1w model) is never blanked: a patch with nothing left to see is no lesson."""
 
     def __init__(self, keys, prob: float = 0.0, channels: Sequence[int] = (), allow_missing_keys: bool = False):
         RandomizableTransform.__init__(self, prob)
@@ -168,7 +170,7 @@ class RandChannelDropoutd(RandomizableTransform, MapTransform):
         channel = self.channels[int(self.R.randint(len(self.channels)))]
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key]).clone()
-            if channel < x.shape[0]:
+            if channel < x.shape[0] and x.shape[0] > 1:
                 x[channel] = 0
             d[key] = x
         return d

@@ -130,3 +130,16 @@ def test_channel_dropout_blanks_only_the_listed_channel_and_probability_0_is_the
     t = RandChannelDropoutd("image", prob=0.3, channels=[2]).set_random_state(1)
     blanked = sum(int(torch.count_nonzero(torch.as_tensor(t(dict(data))["image"])[2]) == 0) for _ in range(400))
     assert 90 < blanked < 150  # about 30% of patches
+
+
+def test_channel_dropout_draws_a_repeated_channel_more_often_and_never_blanks_a_single_channel():
+    from pipeline.data.augment import RandChannelDropoutd
+
+    data = _patch()
+    t = RandChannelDropoutd("image", prob=1.0, channels=[0, 2, 2, 2]).set_random_state(2)
+    outs = [torch.as_tensor(t(dict(data))["image"]) for _ in range(400)]
+    dwi, flair = (sum(int(torch.count_nonzero(o[c]) == 0) for o in outs) for c in (0, 2))
+    assert dwi + flair == 400 and 70 < dwi < 130  # one channel a patch, DWI a quarter of the time
+    one = {"image": data["image"][:1]}  # a T1w-only model: its one channel stays
+    t1 = RandChannelDropoutd("image", prob=1.0, channels=[0, 2]).set_random_state(0)
+    assert all(torch.equal(torch.as_tensor(t1(dict(one))["image"]), one["image"]) for _ in range(20))
