@@ -15,7 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["COVERAGE", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
+__all__ = ["COVERAGE", "covers", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -55,10 +55,21 @@ def _geometry(affine, shape) -> dict:
 COVERAGE = "{}_coverage"  # key of a resampled channel's coverage map: 1 where its own scan has a voxel
 
 
+def covers(src_affine, src_shape, dst_affine, dst_shape) -> bool:
+    """Whether every voxel centre of the destination grid lies within the source grid (half a voxel beyond its
+    first and last centres, as nearest-neighbour sampling reaches): both grids are boxes, so the destination's 8
+    corner centres decide. A channel that covers its reference needs no coverage map (0.05 s a 1 mm channel)."""
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in dst_shape], indexing="ij")).reshape(3, -1)
+    world = np.asarray(dst_affine, float)[:3, :3] @ corners + np.asarray(dst_affine, float)[:3, 3:]
+    inverse = np.linalg.inv(np.asarray(src_affine, float))
+    index = inverse[:3, :3] @ world + inverse[:3, 3:]
+    return bool(((index >= -0.5 + 1e-3) & (index <= np.asarray(src_shape)[:, None] - 0.5 - 1e-3)).all())
+
+
 class ResampleToGridd(MapTransform):
-    """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside), and add
-    ``<key>_coverage`` (1 where the channel's own scan has a voxel, nearest neighbour) for
-    :class:`~pipeline.data.normalise.FieldOfViewd`.
+    """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside), and, where the
+    channel does not cover that whole grid, add ``<key>_coverage`` (1 where the channel's own scan has a voxel,
+    nearest neighbour) for :class:`~pipeline.data.normalise.FieldOfViewd`.
 
     Does what MONAI's ``ResampleToMatchd`` does (differences below 1e-4 of the intensity range, except in
     the half voxel at the source's edge, which MONAI blends with zeros) with SimpleITK, which needs no full
@@ -88,14 +99,16 @@ class ResampleToGridd(MapTransform):
             moving.SetDirection(g["outputDirection"])
             moved = sitk.Resample(moving, grid["size"], sitk.Transform(), sitk.sitkLinear, grid["outputOrigin"],
                                   grid["outputSpacing"], grid["outputDirection"], 0.0, sitk.sitkFloat32)
+            meta = dict(src.meta)
+            meta.update(affine=dst.affine.clone(), spatial_shape=np.asarray(dst.shape[1:]))
+            d[key] = MetaTensor(torch.from_numpy(sitk.GetArrayFromImage(moved))[None], meta=meta)
+            if covers(src.affine, src.shape[1:], dst.affine, dst.shape[1:]):
+                continue
             ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
             ones.CopyInformation(moving)
             covered = sitk.Resample(ones, grid["size"], sitk.Transform(), sitk.sitkNearestNeighbor,
                                     grid["outputOrigin"], grid["outputSpacing"], grid["outputDirection"], 0,
                                     sitk.sitkUInt8)
-            meta = dict(src.meta)
-            meta.update(affine=dst.affine.clone(), spatial_shape=np.asarray(dst.shape[1:]))
-            d[key] = MetaTensor(torch.from_numpy(sitk.GetArrayFromImage(moved))[None], meta=meta)
             covered = sitk.GetArrayFromImage(covered).astype(np.float32)
             d[COVERAGE.format(key)] = MetaTensor(torch.from_numpy(covered)[None], meta=dict(meta))
         return d

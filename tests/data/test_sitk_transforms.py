@@ -5,7 +5,7 @@ from monai import transforms as mt
 
 from conftest import lps_affine, write_nifti
 from pipeline.data.checks import LoadCheckedd
-from pipeline.data.sitk_transforms import ResampleToGridd
+from pipeline.data.sitk_transforms import ResampleToGridd, covers
 
 
 def test_simpleitk_channel_resampling_matches_monai_on_oblique_grids(tmp_path):
@@ -29,3 +29,18 @@ def test_simpleitk_channel_resampling_matches_monai_on_oblique_grids(tmp_path):
     assert float((ours[0] - monai[0]).abs().numpy()[inside].max()) < 1e-3 * float(smooth.max())
 
 
+
+
+def test_a_coverage_map_only_for_a_channel_that_does_not_cover_the_reference(tmp_path):
+    rng = np.random.default_rng(0)
+    dst = write_nifti(tmp_path / "dwi.nii.gz", rng.random((32, 30, 10), np.float32), lps_affine((1.5, 1.5, 3.5)))
+    wide = write_nifti(tmp_path / "wide.nii.gz", rng.random((70, 70, 24), np.float32),  # its own tilted grid,
+                       lps_affine((1.1, 1.2, 2.8), degrees=9, origin=(52.0, 42.0, -22.0)))  # around the DWI's
+    small = write_nifti(tmp_path / "small.nii.gz", rng.random((20, 30, 10), np.float32), lps_affine((1.5, 1.5, 3.5)))
+    d = LoadCheckedd(["a", "wide", "small"])({"a": str(dst), "wide": str(wide), "small": str(small)})
+    out = ResampleToGridd(["wide", "small"], key_dst="a")(dict(d))
+    assert "wide_coverage" not in out  # covers the reference: nothing to carry or blank
+    covered = out["small_coverage"][0].numpy()
+    assert 0.5 < covered.mean() < 0.75 and set(np.unique(covered)) == {0.0, 1.0}  # 20 of 32 columns
+    assert covers(d["wide"].affine, d["wide"].shape[1:], d["a"].affine, d["a"].shape[1:])
+    assert not covers(d["small"].affine, d["small"].shape[1:], d["a"].affine, d["a"].shape[1:])
