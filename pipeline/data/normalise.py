@@ -188,8 +188,8 @@ class BlankUncoveredd(MapTransform):
 
     Linear resampling blends a channel's values with the zeros beyond its own field of view: an ADC on a grid of
     its own that stops inside the head showed a band of very low ADC along its edge, read as restricted diffusion
-    (false lesions; ``make bench``'s robustness table, the shipped model: 0.537 blended, 0.636 blank, 0.765 with
-    the ADC on the DWI grid)."""
+    (false lesions; ``make bench``'s robustness table, the model it was measured with: 0.537 blended, 0.636
+    blank, 0.765 with the ADC on the DWI grid)."""
 
     def __init__(self, keys, fov_key: str = "fov", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
