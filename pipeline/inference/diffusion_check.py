@@ -52,17 +52,19 @@ def restricted_diffusion(prob: np.ndarray, image: np.ndarray, threshold: float, 
     labels, n = cc3d.connected_components(mask[box], connectivity=26, return_N=True)
     grown = ndimage.grey_dilation(labels, size=[2 * r + 1 for r in radius])  # ring voxels take a nearby lesion's id
     ring_ids = np.where((labels == 0) & (image[(slice(None), *box)] != 0).any(0), grown, 0).ravel()
-    lesion_ids = labels.ravel()
+    # the labelled voxels only (flat index, id): a few lesions and their rings are a sliver of the box
+    lesion_at, ring_at = np.flatnonzero(labels), np.flatnonzero(ring_ids)
+    lesion_ids, ring_ids = labels.ravel()[lesion_at], ring_ids[ring_at]
 
-    def means(channel: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # per id; 0 is "neither"
-        values = np.ascontiguousarray(image[channel][box], dtype=np.float64).ravel()
+    def means(channel: int, at: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # per id
+        values = image[channel][box].ravel()[at].astype(np.float64)
         counts = np.bincount(ids, minlength=n + 1)
         return np.bincount(ids, weights=values, minlength=n + 1) / np.maximum(counts, 1), counts
 
-    adc_in, _ = means(adc, lesion_ids)
-    adc_ring, ring_count = means(adc, ring_ids)
-    dwi_in, _ = means(dwi, lesion_ids)
-    dwi_ring, _ = means(dwi, ring_ids)
+    adc_in, _ = means(adc, lesion_at, lesion_ids)
+    adc_ring, ring_count = means(adc, ring_at, ring_ids)
+    dwi_in, _ = means(dwi, lesion_at, lesion_ids)
+    dwi_ring, _ = means(dwi, ring_at, ring_ids)
     fail = (ring_count >= min_ring_voxels) & ((adc_in - adc_ring > -min_adc_drop) | (dwi_in - dwi_ring < min_dwi_rise))
     fail[0] = False
     if not fail.any():
