@@ -58,6 +58,21 @@ def test_training_patches_have_the_patch_size_and_a_lesion_when_positive(case, d
     assert sum(float(s["label"].sum()) > 0 for s in samples) >= 2
 
 
+def test_training_patches_are_plain_tensors_and_metadata_tracking_comes_back_on(case):
+    """The patch augmentation runs without MONAI's metadata (faster, same values); the whole volumes validation
+    and inference load afterwards in the same process keep their affine."""
+    from monai.data import MetaTensor, get_track_meta
+
+    t = train_transforms(channels=3, spatial_dims=3, spacing=[4.0, 4.0, 4.0], patch_size=[32, 32, 32],
+                         augment=AUGMENT_ALL, num_samples=2)
+    t.set_random_state(0)
+    samples = t(dict(case))
+    assert all(type(s["image"]) is torch.Tensor and type(s["label"]) is torch.Tensor for s in samples)
+    assert get_track_meta()
+    out = val_transforms(channels=3, spacing=[4.0, 4.0, 4.0])(dict(case))
+    assert isinstance(out["image"], MetaTensor) and nib.aff2axcodes(out["image"].affine.numpy()) == ("R", "A", "S")
+
+
 def test_wrong_channel_count_names_the_case(case):
     with pytest.raises(Exception) as info:
         val_transforms(channels=1, spacing=None)(dict(case))
