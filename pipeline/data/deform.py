@@ -110,7 +110,18 @@ class RandDeformd(RandomizableTransform, MapTransform):
                 d[key] = crop(d[key])
             return d
         grid = self._grid()
+        # one resampling per interpolation mode, the keys' channels stacked (the label and the head mask share
+        # one): MONAI's Resample readies the grid in float64 on every call, which was half of a patch's
+        # augmentation time; channels are sampled independently, so the values are the same
+        by_mode: dict[str, list] = {}
         for key, mode in zip(self.key_iterator(d), self.mode, strict=False):
-            d[key] = self.resampler(d[key], grid, mode=mode, padding_mode=self.padding_mode)
+            by_mode.setdefault(mode, []).append(key)
+        for mode, keys in by_mode.items():
+            sizes = [d[k].shape[0] for k in keys]
+            stacked = torch.cat([torch.as_tensor(d[k], dtype=torch.float32) for k in keys]) if len(keys) > 1 \
+                else d[keys[0]]
+            out = self.resampler(stacked, grid, mode=mode, padding_mode=self.padding_mode)
+            for key, part in zip(keys, torch.split(out, sizes), strict=True):
+                d[key] = part
         return d
 

@@ -45,3 +45,21 @@ def test_image_and_label_move_together_and_runs_repeat_with_the_seed():
         inside = torch.as_tensor(a["image"])[label > 0]
         assert float(inside.mean()) > 80  # the bright blob is where the label says
         assert not torch.equal(label, CenterSpatialCrop(patch)(blob))  # and it was deformed
+
+
+def test_keys_resampled_together_get_their_own_channels_back_as_if_resampled_alone():
+    """Keys of one interpolation mode share a resampling: each gets exactly what a resampling of its own gives."""
+    rng = np.random.default_rng(0)
+    data = {"image": torch.as_tensor(rng.random((2, 40, 40, 40), dtype=np.float32)),
+            "label": torch.as_tensor(_blob((40, 40, 40)))[None],
+            "head": torch.as_tensor(rng.random((1, 40, 40, 40)) > 0.3).to(torch.uint8)}
+    modes = ["bilinear", "nearest", "nearest"]
+    t = RandDeformd(list(data), [32, 32, 32], modes, elastic_prob=1.0, grid_spacing=8, magnitude_range=(2.0, 3.0),
+                    affine_prob=1.0, rotate_deg=20)
+    out = t.set_random_state(3)(data)
+    t.set_random_state(3).randomize()
+    grid = t._grid()
+    for key, mode in zip(data, modes, strict=True):
+        alone = t.resampler(data[key], grid, mode=mode, padding_mode="zeros")
+        assert out[key].shape == alone.shape and torch.equal(out[key], alone), key
+    assert not torch.equal(out["label"], out["head"])
