@@ -56,15 +56,15 @@ def restricted_diffusion(prob: np.ndarray, image: np.ndarray, threshold: float, 
     lesion_at, ring_at = np.flatnonzero(labels), np.flatnonzero(ring_ids)
     lesion_ids, ring_ids = labels.ravel()[lesion_at], ring_ids[ring_at]
 
-    def means(channel: int, at: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # per id
-        values = image[channel][box].ravel()[at].astype(np.float64)
+    def means(values: np.ndarray, at: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # per id
         counts = np.bincount(ids, minlength=n + 1)
-        return np.bincount(ids, weights=values, minlength=n + 1) / np.maximum(counts, 1), counts
+        return np.bincount(ids, weights=values[at].astype(np.float64), minlength=n + 1) / np.maximum(counts, 1), counts
 
-    adc_in, _ = means(adc, lesion_at, lesion_ids)
-    adc_ring, ring_count = means(adc, ring_at, ring_ids)
-    dwi_in, _ = means(dwi, lesion_at, lesion_ids)
-    dwi_ring, _ = means(dwi, ring_at, ring_ids)
+    adc_box, dwi_box = image[adc][box].ravel(), image[dwi][box].ravel()  # each channel's box copied once
+    adc_in, _ = means(adc_box, lesion_at, lesion_ids)
+    adc_ring, ring_count = means(adc_box, ring_at, ring_ids)
+    dwi_in, _ = means(dwi_box, lesion_at, lesion_ids)
+    dwi_ring, _ = means(dwi_box, ring_at, ring_ids)
     fail = (ring_count >= min_ring_voxels) & ((adc_in - adc_ring > -min_adc_drop) | (dwi_in - dwi_ring < min_dwi_rise))
     fail[0] = False
     if not fail.any():
