@@ -27,7 +27,20 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """The config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and _is_file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"tracking_uri {uri} is an MLflow file store, which MLflow 3 refuses: use "
+                          "sqlite:///FOLDER/mlflow.db or http://HOST:PORT (old runs: mlflow migrate-filestore; "
+                          "or set MLFLOW_ALLOW_FILE_STORE=true)")
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def _is_file_store(uri: str) -> bool:
+    """``file:...`` or a plain folder path (``./mlruns``); not ``databricks`` and other scheme-less names."""
+    if uri.startswith("file:"):
+        return True
+    return "://" not in uri and ("/" in uri or "\\" in uri or uri.startswith(".") or Path(uri).name == "mlruns")
 
 
 def client(tracking_uri: str | None = None):

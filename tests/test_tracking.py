@@ -14,6 +14,23 @@ def test_tracking_uri_comes_from_config_then_environment_then_the_working_folder
     assert tracking.resolve_tracking_uri("sqlite:////x/y.db") == "sqlite:////x/y.db"
 
 
+def test_a_file_store_uri_is_refused_in_one_line_unless_mlflow_is_told_to_allow_it(tmp_path, monkeypatch):
+    import pytest
+
+    from pipeline.errors import ConfigError
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in (f"file:{tmp_path}/mlruns", f"file://{tmp_path}/mlruns", "./mlruns", "mlruns", str(tmp_path)):
+        with pytest.raises(ConfigError, match="file store.*sqlite:///"):
+            tracking.resolve_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "./mlruns")
+    with pytest.raises(ConfigError, match="MLflow 3 refuses"):
+        tracking.resolve_tracking_uri()
+    assert tracking.resolve_tracking_uri("databricks") == "databricks"
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert tracking.resolve_tracking_uri("./mlruns") == "./mlruns"
+
+
 def test_run_names_tell_what_was_run():
     assert tracking.describe_run("unet", 3, "dice_ce", [2, 2, 2], "data_manifests/synthetic.json", 60, 0) == \
         "unet3d-dice_ce-2mm-synthetic-e60-s0"
