@@ -37,9 +37,6 @@ BUNDLE ?= bundles/stroke_mri_segmentation
 TRAIN_CONFIG ?= $(BUNDLE)/configs/train.yaml
 # `make plan` writes the plan of MANIFEST here (and its fingerprint beside it); `make train PLAN=$(PLAN_OUT)` uses it
 PLAN_OUT ?= outputs/plans/$(basename $(notdir $(MANIFEST))).yaml
-# Without a GPU, `make train` trains in CPU_PROCESSES DDP processes (auto: 2 on 2+ cores; 1: one process):
-# one draws and augments patches while the other computes, 1.6x the epochs per minute on 2 cores (train.yaml)
-CPU_PROCESSES ?= auto
 # MODEL: a checkpoint or bundle for `make infer`; default: the best checkpoint of the last training.
 # (looked up when the recipe runs, so `make demo` finds the checkpoint its own training wrote)
 LAST_BEST = $$(ls -t $(TRAIN_DIR)/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
@@ -93,7 +90,7 @@ plan: $(MANIFEST) ## fingerprint MANIFEST and plan spacing, patch, DynUNet and b
 
 train: $(MANIFEST) ## train the default 3D U-Net on MANIFEST (PLAN=outputs/plans/x.yaml merges a plan; ARGS="--ID VALUE ...")
 	$(PY) -m pipeline train $(if $(PLAN),--config $(TRAIN_CONFIG) $(PLAN)) --datalist $(MANIFEST) \
-	  --output_dir $(TRAIN_DIR) --cpu_processes $(CPU_PROCESSES) $(ARGS)
+	  --output_dir $(TRAIN_DIR) $(ARGS)
 
 cv: $(MANIFEST) ## FOLDS-fold cross-validation on MANIFEST into CV_DIR (PLAN= as for train; ARGS="--ID VALUE ...")
 	$(PY) -m pipeline cv --folds $(or $(FOLDS),5) $(if $(PLAN),--config $(TRAIN_CONFIG) --config $(PLAN)) \

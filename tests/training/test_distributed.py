@@ -1,5 +1,4 @@
-"""A real 2-process DDP run on CPU (gloo, `--cpu_processes 2` as `make train` asks for it): it trains, reduces
-validation metrics right, and logs one run."""
+"""A real 2-process DDP run on CPU (gloo): it trains, reduces validation metrics right, and logs one run."""
 
 import lightning.pytorch as pl
 import pytest
@@ -15,7 +14,7 @@ def test_two_process_ddp_matches_one_process_validation_and_logs_one_run(synth_s
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # fp32 on both sides: bf16 autocast (precision: auto on bf16 CPUs) rounds differently per thread layout
     args = [*tiny_overrides(synth_set[1], tmp_path / "out", uri, epochs=1), "--precision", "32-true"]
-    result = run_cli("train", *args, "--cpu_processes", "2", "--accelerator", "cpu", cwd=tmp_path)  # make train's way
+    result = run_cli("train", *args, "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr  # two processes really ran
 
