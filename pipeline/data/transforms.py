@@ -31,6 +31,7 @@ from pipeline.data.antialias import AntiAliasd
 from pipeline.data.augment import ForegroundOnlyd, RandChannelDropoutd, RandLowResolutiond, RandPerChanneld
 from pipeline.data.deform import RandDeformd
 from pipeline.data.lesion_sampling import LesionWeightedIndicesd
+from pipeline.data.meta_tracking import TrackMeta, TrainChain
 from pipeline.data.normalise import DEFAULT_NORMALISE, ApplyNormd, BlankUncoveredd, FieldOfViewd, normalisation
 from pipeline.errors import ConfigError, InputError
 
@@ -282,22 +283,8 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
     # was a quarter of the augmentation's time (the same values, 1.2x the patches per second: `make bench`)
     chain += [TrackMeta(False), mt.EnsureTyped([IMAGE, LABEL, HEAD, *extra], track_meta=False)]
     chain += augmentation(spatial_dims, patch_size, augment, extra)
-    chain += [mt.EnsureTyped([IMAGE, LABEL, *extra], track_meta=False), TrackMeta(True)]
-    return mt.Compose(chain)
-
-
-class TrackMeta(mt.Transform):
-    """A chain step that turns MONAI's metadata tracking (``monai.data.set_track_meta``) off or back on: MONAI's
-    transforms wrap their outputs in MetaTensors while it is on, even when given plain tensors."""
-
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __call__(self, data):
-        from monai.data import set_track_meta
-
-        set_track_meta(self.on)
-        return data
+    chain.append(mt.EnsureTyped([IMAGE, LABEL, *extra], track_meta=False))
+    return TrainChain(chain)
 
 
 def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,

@@ -2,6 +2,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai import transforms as mt
 
 from conftest import write_nifti
 from pipeline.data.manifest import load_manifest
@@ -71,6 +72,29 @@ def test_training_patches_are_plain_tensors_and_metadata_tracking_comes_back_on(
     assert get_track_meta()
     out = val_transforms(channels=3, spacing=[4.0, 4.0, 4.0])(dict(case))
     assert isinstance(out["image"], MetaTensor) and nib.aff2axcodes(out["image"].affine.numpy()) == ("R", "A", "S")
+
+
+def test_metadata_tracking_comes_back_on_when_a_training_step_raises(case):
+    """Tracking is process-wide: a patch that fails mid-augmentation must not leave it off for validation."""
+    from monai.data import get_track_meta
+
+    t = train_transforms(channels=3, spatial_dims=3, spacing=[4.0, 4.0, 4.0], patch_size=[32, 32, 32],
+                         augment=AUGMENT_ALL, num_samples=2)
+
+    def fail(data):
+        raise RuntimeError("a damaged patch")
+
+    steps = list(t.transforms)
+    at = next(i for i, step in enumerate(steps) if type(step).__name__ == "TrackMeta") + 1  # tracking just off
+    t.transforms = [*steps[:at], mt.Lambda(fail), *steps[at:]]
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps it in "applying transform ..."
+        t(dict(case))
+    err, causes = info.value, []
+    while err is not None:
+        causes.append(str(err))
+        err = err.__cause__
+    assert any("damaged patch" in c for c in causes)
+    assert get_track_meta()
 
 
 def test_wrong_channel_count_names_the_case(case):
