@@ -44,6 +44,15 @@ class Anatomy:
         """GM, WM and brain mask stacked (3, X, Y, Z) for one-pass sampling."""
         return np.stack([self.gm, self.wm, self.brain])
 
+    @cached_property
+    def sampling_maps(self) -> list:
+        """:attr:`maps` and how far inside the head margin a voxel lies (``margin - outside_mm``), each with the
+        box of its non-zero values, for :func:`pipeline.data.synthetic._sample` (built once per process)."""
+        from pipeline.data.template_sampling import SupportedMaps
+
+        inward = float(self.outside_mm.max()) - self.outside_mm[None]
+        return [SupportedMaps.of(self.maps), SupportedMaps.of(inward)]
+
 
 def load_anatomy(head_margin_mm: float = 30.0) -> Anatomy:
     """Load the ICBM152 2009 GM, WM and brain-mask maps shipped in nilearn's wheel."""

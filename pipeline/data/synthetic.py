@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.data.acquisition import Acquisition, Grid, draw_acquisition, load_domain
 from pipeline.data.anatomy import FOV_CENTRE_MM, Anatomy, HeadPose, lesion_maps, load_anatomy, mimic_maps
+from pipeline.data.template_sampling import SupportedMaps
 
 __all__ = ["synthesize", "synthesize_subject", "load_anatomy", "isles22_paths", "LESION_FREE_EVERY"]
 
@@ -49,19 +50,11 @@ def _step(x: np.ndarray, edge: float, width: float = 0.5) -> np.ndarray:
     return 1 / (1 + np.exp(-(x - edge) / width))
 
 
-def _template_stack(anat: Anatomy, lesion: np.ndarray):
-    """The maps :func:`_sample` reads, as one (1, C, ...) channels-last tensor (grid_sample then reads all maps of a
-    point from one place: 2x faster than planar); built once per subject for its DWI and FLAIR grids."""
-    import torch
-
-    outside = float(anat.outside_mm.max()) - anat.outside_mm[None]
-    return torch.from_numpy(np.concatenate([anat.maps, outside, lesion]))[None].contiguous(
-        memory_format=torch.channels_last_3d)
-
-
-def _sample(anat: Anatomy, stack, pose: HeadPose, grid: Grid) -> dict:
-    """The maps of ``stack`` (:func:`_template_stack`) averaged over each voxel's slice profile: (gm, wm, brain,
-    outside mm, lesion fraction and depth, mimic fraction) and the template points of the slice centres.
+def _sample(anat: Anatomy, lesion: SupportedMaps, pose: HeadPose, grid: Grid, head: bool = True) -> dict:
+    """The template maps (:attr:`Anatomy.sampling_maps`, then ``lesion``) averaged over each voxel's slice
+    profile: (gm, wm, brain, outside mm, lesion fraction and depth, mimic fraction) and the template points of the
+    slice centres. ``head``: False for a skull-stripped subject, whose distance outside the brain is not needed
+    (None; a third of the sampling time).
 
     The head pose is evaluated at each slice's centre and one slice further on; sub-slice points lie on the line
     between (the warp is smooth over centimetres, so its curvature over a slice is negligible).
@@ -70,10 +63,10 @@ def _sample(anat: Anatomy, stack, pose: HeadPose, grid: Grid) -> dict:
 
     to_vox = np.linalg.inv(anat.affine)
     margin = float(anat.outside_mm.max())
-    volumes, channels = stack, stack.shape[1]
-    size = torch.tensor(volumes.shape[2:], dtype=torch.float32)
+    tissue, inward = anat.sampling_maps
+    groups = {0: tissue, 3: inward if head else None, 4: lesion}  # the first row of each in ``total``
     n = grid.slice_samples
-    total = torch.zeros((channels, int(np.prod(grid.shape))))
+    total = torch.zeros((7, int(np.prod(grid.shape))))
     centres = np.zeros((3, total.shape[1]), np.float32)
     idx = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
     for start in range(0, idx.shape[1], CHUNK_POINTS):
@@ -82,18 +75,17 @@ def _sample(anat: Anatomy, stack, pose: HeadPose, grid: Grid) -> dict:
         y = pose(world)
         centres[:, part] = y
         vox = torch.from_numpy((to_vox[:3, :3] @ y + to_vox[:3, 3:4]).astype(np.float32))
+        step = None
         if n > 1:  # one slice along in template voxels, warp included
             step = torch.from_numpy((to_vox[:3, :3] @ (pose(world + grid.affine[:3, 2:3]) - y)).astype(np.float32))
-        for k in range(n):
-            shifted = vox + step * ((k + 0.5) / n - 0.5) if n > 1 else vox
-            coords = (2 * shifted / (size[:, None] - 1) - 1).flip(0).T.contiguous()
-            total[:, part] += torch.nn.functional.grid_sample(
-                volumes, coords.view(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
-                align_corners=True).view(channels, -1)
+        for row, group in groups.items():
+            index, sums = group.slice_profile_sum(vox, step, n) if group is not None else (None, None)
+            if sums is not None:
+                total[row:row + group.channels, part][:, slice(None) if index is None else index] = sums
     maps = (total / n).numpy()
     return dict(gm=np.clip(maps[0], 0, 1), wm=np.clip(maps[1], 0, 1), brain=np.clip(maps[2], 0, 1),
-                outside=margin - maps[3], fraction=np.clip(maps[4], 0, 1), depth=np.clip(maps[5], 0, 1),
-                mimic=np.clip(maps[6], 0, 1), points=centres)
+                outside=margin - maps[3] if head else None, fraction=np.clip(maps[4], 0, 1),
+                depth=np.clip(maps[5], 0, 1), mimic=np.clip(maps[6], 0, 1), points=centres)
 
 
 def _compartments(f: dict, acq: Acquisition) -> dict:
@@ -219,10 +211,10 @@ def synthesize_subject(anat: Anatomy, index: int, seed: int, spacing: float | No
     else:
         fraction, depth, volumes = lesion_maps(anat, rng, acq.lesion.border, acq.lesion.texture, acq.lesion.volume_ml)
     mimic = mimic_maps(anat, rng, acq.mimic.count, acq.mimic.volume_ml) * (1 - fraction)
-    stack = _template_stack(anat, np.stack([fraction, depth, mimic]))
-    f = _sample(anat, stack, pose, acq.dwi)
+    lesion = SupportedMaps.of(np.stack([fraction, depth, mimic]))
+    f = _sample(anat, lesion, pose, acq.dwi, head=not acq.skull_stripped)
     dwi, adc = _dwi_and_adc(acq, f, rng)
-    g = f if acq.flair is acq.dwi else _sample(anat, stack, pose, acq.flair)
+    g = f if acq.flair is acq.dwi else _sample(anat, lesion, pose, acq.flair, head=not acq.skull_stripped)
     flair = _flair(acq, g, rng)
     return dict(dwi=_nifti(_store(dwi, acq.dtypes["dwi"]), acq.dwi),
                 adc=_nifti(_store(adc, acq.dtypes["adc"]), acq.dwi),
