@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from pipeline.data.acquisition import Grid, _deep_update, draw_acquisition, load_domain
 from pipeline.data.anatomy import HeadPose, lesion_maps, load_anatomy
-from pipeline.data.synthetic import _sample, _template_stack, synthesize_subject
+from pipeline.data.synthetic import _sample, synthesize_subject
+from pipeline.data.template_sampling import SupportedMaps
 from pipeline.errors import ConfigError
 
 
@@ -38,7 +39,7 @@ def test_thick_slices_are_the_average_of_thin_ones(anatomy):
     rng = np.random.default_rng(0)
     pose = HeadPose(rng)
     fraction, depth, _ = lesion_maps(anatomy, rng, volume_ml=(40, 50))
-    lesion = _template_stack(anatomy, np.stack([fraction, depth, np.zeros_like(fraction)]))  # no mimic
+    lesion = SupportedMaps.of(np.stack([fraction, depth, np.zeros_like(fraction)]))  # no mimic
     thick = Grid((80, 96, 6), np.diag([2.0, 2.0, 6.0, 1.0]) + np.array([[0, 0, 0, -80], [0, 0, 0, -110],
                                                                         [0, 0, 0, -10], [0, 0, 0, 0]]), 6.0)
     assert thick.slice_samples == 4
