@@ -46,6 +46,25 @@ def test_the_thresholds_are_the_rule():
     assert _kept(lenient, blobs) == set(blobs)
 
 
+def test_fluid_beside_a_lesion_is_not_its_ring():
+    """A DWI-bright mimic with tissue ADC beside a ventricle (ADC 3x the head's median: +2 in median units) is
+    no darker than the tissue around it; an infarct beside the same fluid is."""
+    shape = (48, 48, 24)
+    image = np.random.default_rng(1).normal(0, 0.05, (3, *shape)).astype(np.float32)
+    image[1, 20:28] = 2.0  # a slab of CSF across the head, ADC only (DWI stays at tissue level)
+    prob = np.zeros(shape, np.float32)
+    blobs = {"mimic": ((15, 12, 12), 1.0, 0.0), "infarct": ((15, 36, 12), 1.0, -0.4)}
+    for (x, y, z), dwi, adc in blobs.values():
+        region = (slice(x - 3, x + 3), slice(y - 3, y + 3), slice(z - 2, z + 2))
+        image[(0, *region)] += dwi
+        image[(1, *region)] += adc
+        prob[region] = 0.9
+    fluid_in_ring, _ = restricted_diffusion(prob, image, 0.5, (2.0, 2.0, 2.0), max_ring_adc=None)
+    assert _kept(fluid_in_ring, blobs) == {"mimic", "infarct"}  # the CSF lifts the ring's mean ADC
+    tissue_ring, dropped = restricted_diffusion(prob, image, 0.5, (2.0, 2.0, 2.0), **DEFAULT_CHECK)
+    assert _kept(tissue_ring, blobs) == {"infarct"} and dropped == 1
+
+
 def test_models_without_an_adc_channel_and_empty_predictions_are_left_alone():
     prob, image, _ = _scene()
     out, dropped = restricted_diffusion(prob, image[:1], 0.5, (1.0, 1.0, 1.0))
