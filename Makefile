@@ -138,14 +138,17 @@ bundle: $(STAMP) ## export the last training's best checkpoint (or FROM=outputs/
 demo: ## everything on a fresh machine: install, data, train, infer, evaluate, export and verify the bundle
 	@start=$$(date +%s); \
 	rm -rf $(TRAIN_DIR) $(PRED_DIR) $(EVAL_DIR) $(SHIFTED_OUT) outputs/bundle_predictions; \
-	$(MAKE) --no-print-directory install data && \
-	$(MAKE) --no-print-directory train && \
+	$(MAKE) --no-print-directory install && installed=$$(date +%s) && \
+	$(MAKE) --no-print-directory data && synthesised=$$(date +%s) && \
+	$(MAKE) --no-print-directory train && trained=$$(date +%s) && \
 	$(MAKE) --no-print-directory infer evaluate shifted bundle ARGS=--save-prob && \
 	$(PY) -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) \
 	  --datalist $(MANIFEST) --output_dir outputs/bundle_predictions --overwrite true --mni_location false && \
 	echo && $(PY) -m pipeline compare in-domain=$(EVAL_DIR) shifted=$(SHIFTED_OUT)/evaluation \
 	  --out outputs/domains.md && \
-	echo && echo "demo finished in $$(( $$(date +%s) - start )) s" && \
+	end=$$(date +%s) && echo && echo "demo finished in $$(( end - start )) s: install $$(( installed - start )) s," \
+	  "data $$(( synthesised - installed )) s, training $$(( trained - synthesised )) s, inference, evaluation and" \
+	  "the bundle $$(( end - trained )) s" && \
 	echo "  reports:     $(EVAL_DIR)/report.html (in-domain), $(SHIFTED_OUT)/evaluation/report.html (shifted): viewer, calibration" && \
 	echo "  lesions:     $(PRED_DIR)/lesions.csv, $(SHIFTED_OUT)/predictions/lesions.csv (one row per lesion, MNI location)" && \
 	echo "  bundle:      $(BUNDLE) (python -m monai.bundle run --config_file $(BUNDLE)/configs/inference.yaml --bundle_root $(BUNDLE) --datalist ...)" && \
