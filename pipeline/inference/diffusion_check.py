@@ -10,8 +10,8 @@ below its ring by more than ``-min_dwi_rise``, is dropped. The default 0.08 is f
 lesions of the demo's validation fold lie at least 0.10 below their ring there (0.24 in z-units, where 0.2 suits).
 The ring is tissue only: its voxels whose ADC is above ``max_ring_adc`` are fluid (CSF's ADC is 3-4x the brain's)
 and left out, else a DWI-bright mimic beside a ventricle or sulcus passes as "darker than its ring" (two false
-lesions of the demo's in-domain test, whose rings held 6% and 20% CSF: ring mean 0.12 and 0.35 above them,
-tissue alone 0.03 and 0.04 below).
+lesions of the demo's in-domain test, whose rings held 6% and 20% CSF: their ADC 0.12 and 0.35 below the
+ring's mean, but 0.03 below and 0.04 above its tissue).
 
 Example:
     >>> prob, dropped = restricted_diffusion(prob, image, threshold=0.5, spacing=(2, 2, 2))  # doctest: +SKIP
