@@ -19,6 +19,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from pipeline.data.manifest import load_manifest
+from pipeline.data.scan_range import scan_range
 from pipeline.errors import ConfigError, InputError
 
 __all__ = ["StrokeDataModule", "split_cases", "EpochSampler", "SeededItems", "training_workers"]
@@ -144,6 +145,7 @@ class StrokeDataModule(pl.LightningDataModule):
         self.skipped: list[str] = []
         self.num_folds = num_folds
         self.train_ds = self.val_ds = None
+        self.scan_range = None
 
     def _dataset(self, cases: list[dict], transform: Compose, name: str):
         if self.cache == "memory":
@@ -187,6 +189,7 @@ class StrokeDataModule(pl.LightningDataModule):
         train, val = split_cases(cases, self.val_fold, num_folds=self.num_folds)
         val = [dict(c, case_index=i) for i, c in enumerate(val)]  # lets ranks de-duplicate padded samples
         log.info("fold %s: %d training, %d validation cases", self.val_fold, len(train), len(val))
+        self.scan_range = scan_range(c["image"][0] for c in train)  # headers only; saved with checkpoints
         self.train_ds = self._dataset(train, self.train_tf, "train")
         self.val_ds = self._dataset(val, self.val_tf, "val")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.manifest import select_cases
+from pipeline.data.scan_range import coarser_than_trained
 from pipeline.errors import InputError, describe_error, describe_failure
 from pipeline.inference.grid import like_reference
 from pipeline.inference.lesions import LESION_COLUMNS, channel_on_grid, lesion_rows
@@ -26,6 +27,8 @@ from pipeline.io import atomic_path, save_nifti_atomic
 __all__ = ["segment_datalist", "segment_cases", "BatchReport", "check_output_dir"]
 
 log = logging.getLogger(__name__)
+# notes: what about the case's voxels lies beyond the training cases' (pipeline.data.scan_range)
+VOLUME_COLUMNS = ["id", "lesion_ml", "components", "notes"]
 
 
 @dataclass
@@ -97,14 +100,18 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
             log.debug("traceback", exc_info=True)
             continue
         report.written.append(cid)
-        report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"]))
+        notes = coarser_than_trained(case["image"][0], predictor.settings.training_scans)
+        if notes:
+            log.warning("%s: %s: %s: expect lower accuracy", cid, case["image"][0], "; ".join(notes))
+        report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"],
+                                   notes="; ".join(notes)))
         if lesion_table:
             try:
                 report.lesions += _lesions_of(case, result, predictor.settings, output / "registration" if mni
                                               else None)
             except Exception as err:  # noqa: BLE001 - the mask is written; only its table rows are missing
                 log.error("%s: %s: no lesions.csv rows: %s", cid, case["image"][0], describe_error(err))
-    _merge_csv(output / "volumes.csv", report.volumes, ["id", "lesion_ml", "components"])
+    _merge_csv(output / "volumes.csv", report.volumes, VOLUME_COLUMNS)
     if lesion_table:
         _merge_csv(output / "lesions.csv", report.lesions, LESION_COLUMNS, cases=report.written)
     return report

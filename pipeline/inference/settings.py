@@ -45,6 +45,8 @@ class Settings:
     diffusion_check: dict | bool | None = None
     inside_head_only: bool = True
     stitch_on_cpu_above_voxels: int = 32_000_000
+    # voxel sizes of the training cases (pipeline.data.scan_range); coarser cases are noted in volumes.csv
+    training_scans: dict | None = None
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> Settings:
@@ -57,7 +59,8 @@ class Settings:
                    optional_channels=list(pre.get("optional_channels") or []),
                    mode=inferer.get("mode", "gaussian"), threshold=hparams.get("threshold", 0.5),
                    min_lesion_ml=hparams.get("min_lesion_ml", 0.0),
-                   min_lesion_peak=hparams.get("min_lesion_peak", 0.0), diffusion_check=hparams.get("diffusion_check"))
+                   min_lesion_peak=hparams.get("min_lesion_peak", 0.0), diffusion_check=hparams.get("diffusion_check"),
+                   training_scans=hparams.get("training_scans"))
 
     def replace(self, **changes) -> Settings:
         """A copy with ``changes`` (None values ignored, as unset command-line options)."""

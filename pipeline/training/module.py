@@ -101,6 +101,10 @@ class LesionSegmentation(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["network_config"] = getattr(self.network, "build_config", None)
+        # the training cases' voxel sizes, so inference can note scans coarser than any it learnt from
+        scans = getattr(getattr(self._trainer, "datamodule", None), "scan_range", None)
+        if scans:
+            checkpoint.setdefault("hyper_parameters", {})["training_scans"] = scans
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_encoder_epochs:

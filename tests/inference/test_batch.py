@@ -1,10 +1,16 @@
 """Segmenting a whole manifest: one bad case does not take the others down; outputs are written whole."""
 
+import csv
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
+import torch
 
-from conftest import BrightIsLesion, oblique_lps_case
+from conftest import BrightIsLesion, oblique_lps_case, run_cli, write_nifti
+from pipeline.data.manifest import load_manifest
+from pipeline.data.scan_range import voxel_size
 from pipeline.inference.batch import segment_datalist
 from pipeline.inference.predictor import Predictor
 from pipeline.inference.settings import Settings
@@ -40,8 +46,27 @@ def test_output_folder_holding_inputs_is_refused(tmp_path):
         segment_datalist(predictor, manifest, tmp_path, progress=False)
 
 
-def _rows(path):
-    import csv
-
-    with open(path, newline="") as f:
-        return [{k: float(v) if k != "id" else v for k, v in r.items()} for r in csv.DictReader(f)]
+def test_a_scan_coarser_than_the_training_cases_is_noted_in_volumes_csv(synth_set, tiny_checkpoint, tmp_path):
+    trained = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["training_scans"]
+    cases = load_manifest(synth_set[1])["training"]
+    sizes = [voxel_size(c["image"][0]) for c in cases]
+    assert 0 < trained["cases"] < len(cases)  # the training split, not its validation fold
+    assert trained["slice_mm"][1] == round(max(s[1] for s in sizes), 2)
+    case = load_manifest(synth_set[1])["testing"][0]
+    thick = []  # the same images, their slices stretched to 3x the thickest trained
+    for i, path in enumerate(case["image"]):
+        img = nib.load(path)
+        affine = img.affine.copy()
+        axis = int(np.argmax(np.linalg.norm(affine[:3, :3], axis=0)))
+        affine[:3, axis] *= 3 * trained["slice_mm"][1] / np.linalg.norm(affine[:3, axis])
+        thick.append(str(write_nifti(tmp_path / f"thick_{i}.nii.gz", np.asarray(img.dataobj), affine)))
+    for name, images in (("as_trained", case["image"]), ("thick", thick)):
+        result = run_cli("infer", "--model", str(tiny_checkpoint), "--image", *images, "--id", name, "--output",
+                         str(tmp_path / "out"), "--no-mni")
+        assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "out" / "volumes.csv", newline="") as f:
+        notes = {r["id"]: r["notes"] for r in csv.DictReader(f)}
+    top = trained["slice_mm"][1]
+    assert notes["as_trained"] == ""
+    assert notes["thick"].startswith(f"slices {3 * top:.1f} mm thick (trained on ")
+    assert f"thick: {thick[0]}: slices {3 * top:.1f} mm thick" in result.stderr  # and a warning naming the file

@@ -41,7 +41,7 @@ def test_written_masks_copy_the_grid_and_header_codes_and_tta_gives_uncertainty(
     prob = nib.load(tmp_path / "out" / "case_prob.nii.gz").get_fdata()
     assert 0 <= prob.min() and prob.max() <= 1
     rows = (tmp_path / "out" / "volumes.csv").read_text().splitlines()
-    assert rows[0] == "id,lesion_ml,components" and rows[1].startswith("case,") and rows[1].endswith(",1")
+    assert rows[0] == "id,lesion_ml,components,notes" and rows[1].startswith("case,") and rows[1].endswith(",1,")
 
 
 def test_output_headers_carry_geometry_but_no_text_from_the_input(tmp_path):

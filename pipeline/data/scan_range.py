@@ -1,0 +1,60 @@
+"""The voxel sizes a model was trained on, and the scans that lie beyond them.
+
+A model trained on 2-6 mm slices meets 8 mm slices, or 2.5 mm pixels, in a researcher's cohort: its lesions are
+fainter there (partial volume) than anything it learnt, and its Dice is lower than the test figures say. Training
+stores the range of its cases' voxel sizes (the first channel's, read from the headers only) in the checkpoint and
+the bundle; inference notes each case whose voxels are coarser than that range (``notes`` in ``volumes.csv``, and
+a warning in the log). Finer voxels are not noted: every case is resampled to the model's grid, so they only
+bring more detail.
+
+Example:
+    >>> trained = scan_range(["dwi_a.nii.gz", "dwi_b.nii.gz"])  # doctest: +SKIP
+    >>> coarser_than_trained("dwi_c.nii.gz", trained)  # doctest: +SKIP
+    ['slices 8.0 mm thick (trained on 2.0-6.0 mm)']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["voxel_size", "scan_range", "coarser_than_trained"]
+
+# a scan is noted only beyond the trained maximum by more than this share (header rounding, a slice gap)
+TOLERANCE = 0.1
+
+
+def voxel_size(path: str | Path) -> tuple[float, float]:
+    """(in-plane, slice) voxel size in mm of an image file, from its affine: the mean of the two finest axes, and
+    the coarsest. Only the header is read."""
+    affine = nib.load(str(path)).affine
+    sizes = np.sort(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    return float(sizes[:2].mean()), float(sizes[2])
+
+
+def scan_range(paths: Iterable[str | Path]) -> dict | None:
+    """``{"inplane_mm": [lo, hi], "slice_mm": [lo, hi], "cases": n}`` over the files; None for no files."""
+    sizes = np.array([voxel_size(p) for p in paths if p])
+    if not len(sizes):
+        return None
+    lo, hi = sizes.min(0).round(2), sizes.max(0).round(2)
+    return {"inplane_mm": [float(lo[0]), float(hi[0])], "slice_mm": [float(lo[1]), float(hi[1])],
+            "cases": int(len(sizes))}
+
+
+def coarser_than_trained(path: str | Path, trained: dict | None, tolerance: float = TOLERANCE) -> list[str]:
+    """What about the file's voxels lies beyond ``trained`` (:func:`scan_range`), one phrase each; [] when
+    nothing does or no range is known (a model from before ranges were stored)."""
+    if not trained:
+        return []
+    inplane, thickness = voxel_size(path)
+    notes = []
+    for name, value, (lo, hi) in (("slices", thickness, trained["slice_mm"]),
+                                  ("pixels", inplane, trained["inplane_mm"])):
+        if value > hi * (1 + tolerance):
+            size = "thick" if name == "slices" else "wide"
+            notes.append(f"{name} {value:.1f} mm {size} (trained on {lo:.1f}-{hi:.1f} mm)")
+    return notes
