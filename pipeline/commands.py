@@ -173,6 +173,10 @@ def evaluate(args) -> int:
     vol = summary["volume_agreement"]
     print(f"lesions over {vol['min_true_ml']:g} mL measured within {vol['tolerance']:.0%}: {vol['within']} of "
           f"{vol['cases']} cases")
+    coarser = summary["coarser_than_trained"]
+    if coarser:
+        others = f", the others {coarser['others_dice']:.4f}" if coarser["others_dice"] is not None else ""
+        print(f"scans coarser than every training case: {len(coarser['cases'])} (Dice {coarser['dice']:.4f}{others})")
     print(f"report: {Path(args.output) / 'report.html'}")
     for failure in summary["failures"]:
         print(f"FAILED {failure['id']}: {failure['reason']}", file=sys.stderr)

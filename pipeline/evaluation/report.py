@@ -112,7 +112,9 @@ def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: s
     body = "".join(f"<tr><td>{k}</td><td>{fmt(s['mean'])}</td><td>{fmt(s['median'])}</td><td>{fmt(s['std'])}</td>"
                    f"<td>{ci(s)}</td><td>{s['n']}</td></tr>" for k, s in summary["metrics"].items())
     cols = ["id", *METRIC_COLUMNS]
-    cases = "".join("<tr>" + "".join(f"<td>{fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+    noted = (summary.get("coarser_than_trained") or {}).get("cases", {})
+    cases = "".join("<tr>" + "".join(f"<td>{fmt(r[c])}</td>" for c in cols) + f"<td>{fmt(noted.get(r['id'], ''))}"
+                    "</td></tr>" for r in rows)
     fails = "".join(f"<li>{html.escape(c)}: {html.escape(m)}</li>" for c, m in failures)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:13px}}
@@ -128,7 +130,8 @@ both masks are empty. Volumes from the label header's voxel size. NSD at {summar
 {_calibration_html(summary, img(files['calibration'])) if files.get('calibration') else ""}
 <h2>Best and worst cases</h2>{img(files['overlays'])}
 {f"<h2>Failed cases</h2><ul>{fails}</ul>" if fails else ""}
-<h2>Every case</h2><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{cases}</table>
+<h2>Every case</h2><p>Notes: scans coarser than every training case (from the predictions' volumes.csv).</p>
+<table><tr>{''.join(f'<th>{c}</th>' for c in cols)}<th>notes</th></tr>{cases}</table>
 </body></html>"""
 
 
@@ -177,7 +180,8 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
                    volume_agreement=volume_agreement(rows),
                    failures=[dict(id=c, reason=m) for c, m in failures],
                    calibration=calibration.result(),
-                   detection_confidence=detection_confidence(predictions / "lesions.csv", {r["id"] for r in rows}))
+                   detection_confidence=detection_confidence(predictions / "lesions.csv", {r["id"] for r in rows}),
+                   coarser_than_trained=_coarser_cases(rows, predictions / "volumes.csv"))
     write_json_atomic(summary, output / "summary.json")
     if rows:
         files = report_figures(rows, slices, output)
@@ -190,6 +194,21 @@ def evaluate(manifest: str | Path, predictions: str | Path, output: str | Path, 
     if run_id:
         _log_to_mlflow(run_id, tracking_uri, summary, output)
     return summary
+
+
+def _coarser_cases(rows: list[dict], volumes_csv: Path) -> dict | None:
+    """The scored cases that ``infer`` noted as coarser than every training case (``notes`` of volumes.csv), and
+    the mean Dice of those and of the others; None without such notes."""
+    if not volumes_csv.is_file():
+        return None
+    with open(volumes_csv, newline="") as f:
+        notes = {r["id"]: r.get("notes") or "" for r in csv.DictReader(f)}
+    noted = [r for r in rows if notes.get(r["id"])]
+    if not noted:
+        return None
+    others = [r["dice"] for r in rows if not notes.get(r["id"])]
+    return dict(cases={r["id"]: notes[r["id"]] for r in noted}, dice=float(np.mean([r["dice"] for r in noted])),
+                others_dice=float(np.mean(others)) if others else None)
 
 
 def _calibration_html(summary: dict, figure: str) -> str:

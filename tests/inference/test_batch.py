@@ -46,7 +46,7 @@ def test_output_folder_holding_inputs_is_refused(tmp_path):
         segment_datalist(predictor, manifest, tmp_path, progress=False)
 
 
-def test_a_scan_coarser_than_the_training_cases_is_noted_in_volumes_csv(synth_set, tiny_checkpoint, tmp_path):
+def test_a_scan_coarser_than_the_training_cases_is_noted_by_infer_and_evaluate(synth_set, tiny_checkpoint, tmp_path):
     trained = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["training_scans"]
     cases = load_manifest(synth_set[1])["training"]
     sizes = [voxel_size(c["image"][0]) for c in cases]
@@ -54,12 +54,13 @@ def test_a_scan_coarser_than_the_training_cases_is_noted_in_volumes_csv(synth_se
     assert trained["slice_mm"][1] == round(max(s[1] for s in sizes), 2)
     case = load_manifest(synth_set[1])["testing"][0]
     thick = []  # the same images, their slices stretched to 3x the thickest trained
-    for i, path in enumerate(case["image"]):
+    for i, path in enumerate([*case["image"], case["label"]]):
         img = nib.load(path)
         affine = img.affine.copy()
         axis = int(np.argmax(np.linalg.norm(affine[:3, :3], axis=0)))
         affine[:3, axis] *= 3 * trained["slice_mm"][1] / np.linalg.norm(affine[:3, axis])
         thick.append(str(write_nifti(tmp_path / f"thick_{i}.nii.gz", np.asarray(img.dataobj), affine)))
+    thick, thick_label = thick[:-1], thick[-1]
     for name, images in (("as_trained", case["image"]), ("thick", thick)):
         result = run_cli("infer", "--model", str(tiny_checkpoint), "--image", *images, "--id", name, "--output",
                          str(tmp_path / "out"), "--no-mni")
@@ -70,3 +71,13 @@ def test_a_scan_coarser_than_the_training_cases_is_noted_in_volumes_csv(synth_se
     assert notes["as_trained"] == ""
     assert notes["thick"].startswith(f"slices {3 * top:.1f} mm thick (trained on ")
     assert f"thick: {thick[0]}: slices {3 * top:.1f} mm thick" in result.stderr  # and a warning naming the file
+    manifest = tmp_path / "both.json"
+    manifest.write_text(json.dumps({"testing": [dict(case, id="as_trained"),
+                                                dict(id="thick", image=thick, label=thick_label)]}))
+    result = run_cli("evaluate", "--datalist", str(manifest), "--predictions", str(tmp_path / "out"), "--output",
+                     str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "scans coarser than every training case: 1 (Dice " in result.stdout
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert list(summary["coarser_than_trained"]["cases"]) == ["thick"]
+    assert notes["thick"] in (tmp_path / "eval" / "report.html").read_text()
