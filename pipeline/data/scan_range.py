@@ -36,8 +36,15 @@ def voxel_size(path: str | Path) -> tuple[float, float]:
 
 
 def scan_range(paths: Iterable[str | Path]) -> dict | None:
-    """``{"inplane_mm": [lo, hi], "slice_mm": [lo, hi], "cases": n}`` over the files; None for no files."""
-    sizes = np.array([voxel_size(p) for p in paths if p])
+    """``{"inplane_mm": [lo, hi], "slice_mm": [lo, hi], "cases": n}`` over the files whose header reads; None
+    for none (an unreadable file is left to the loader, which names it with its case)."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(voxel_size(path))
+        except (OSError, ValueError, EOFError, TypeError, nib.filebasedimages.ImageFileError):
+            continue
+    sizes = np.array(sizes)
     if not len(sizes):
         return None
     lo, hi = sizes.min(0).round(2), sizes.max(0).round(2)

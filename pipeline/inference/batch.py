@@ -86,6 +86,7 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
             continue
         try:
             result = predictor.predict_case(case)
+            notes = coarser_than_trained(case["image"][0], predictor.settings.training_scans)
             ref = result["reference"]
             if save_prob:
                 save_nifti_atomic(like_reference(result["prob"], ref, np.float32), output / f"{cid}_prob.nii.gz")
@@ -100,7 +101,6 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
             log.debug("traceback", exc_info=True)
             continue
         report.written.append(cid)
-        notes = coarser_than_trained(case["image"][0], predictor.settings.training_scans)
         if notes:
             log.warning("%s: %s: %s: expect lower accuracy", cid, case["image"][0], "; ".join(notes))
         report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"],

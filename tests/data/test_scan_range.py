@@ -20,7 +20,9 @@ def test_voxel_size_reads_the_affine_whatever_the_axis_order_or_tilt(tmp_path):
 
 
 def test_range_spans_the_cases_and_notes_only_coarser_scans(tmp_path):
-    trained = scan_range([_scan(tmp_path / "a.nii.gz", (0.9, 0.9, 2.0)), None,
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")  # left to the loader, which names it with its case
+    trained = scan_range([_scan(tmp_path / "a.nii.gz", (0.9, 0.9, 2.0)), None, broken, tmp_path / "missing.nii.gz",
                           _scan(tmp_path / "b.nii.gz", (1.8, 1.8, 6.0), degrees=10)])
     assert trained == {"inplane_mm": [0.9, 1.8], "slice_mm": [2.0, 6.0], "cases": 2}
     thick = _scan(tmp_path / "thick.nii.gz", (1.0, 1.0, 8.0))
