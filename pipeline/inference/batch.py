@@ -67,50 +67,52 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
                   mni: bool = True, dicom_seg: bool = False) -> BatchReport:
     """:func:`segment_datalist` over a list of cases with absolute paths."""
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     output = Path(output)
     check_output_dir(output, cases)
     output.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
     counts = Counter(str(c["id"]) for c in cases)
-    for case in tqdm(cases, desc="segmenting", unit="case", disable=not progress):
-        cid = str(case["id"])
-        if counts[cid] > 1:
-            report.failures.append((cid, f"duplicate case id ({counts[cid]} cases): their outputs would collide"))
-            log.error("%s: %s: %s", cid, case["image"][0], report.failures[-1][1])
-            continue
-        target = output / f"{cid}.nii.gz"
-        if target.exists() and not overwrite:
-            report.skipped.append(cid)
-            log.warning("%s: %s exists; kept (use --overwrite to replace)", cid, target)
-            continue
-        try:
-            result = predictor.predict_case(case)
-            notes = coarser_than_trained(case["image"][0], predictor.settings.training_scans)
-            ref = result["reference"]
-            if save_prob:
-                save_nifti_atomic(like_reference(result["prob"], ref, np.float32), output / f"{cid}_prob.nii.gz")
-            if save_unc and result["unc"] is not None:
-                save_nifti_atomic(like_reference(result["unc"], ref, np.float32), output / f"{cid}_unc.nii.gz")
-            if dicom_seg:
-                _write_seg(case, result, output / f"{cid}_seg.dcm")
-            save_nifti_atomic(like_reference(result["mask"], ref, np.uint8), target)
-        except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-            report.failures.append((cid, describe_failure(err, case["image"][0])))
-            log.error("%s: %s", cid, report.failures[-1][1])
-            log.debug("traceback", exc_info=True)
-            continue
-        report.written.append(cid)
-        if notes:
-            log.warning("%s: %s: %s: expect lower accuracy", cid, case["image"][0], "; ".join(notes))
-        report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"],
-                                   notes="; ".join(notes)))
-        if lesion_table:
+    with logging_redirect_tqdm():  # per-case warnings on their own lines, not inside the progress bar
+        for case in tqdm(cases, desc="segmenting", unit="case", disable=not progress):
+            cid = str(case["id"])
+            if counts[cid] > 1:
+                report.failures.append((cid, f"duplicate case id ({counts[cid]} cases): their outputs would collide"))
+                log.error("%s: %s: %s", cid, case["image"][0], report.failures[-1][1])
+                continue
+            target = output / f"{cid}.nii.gz"
+            if target.exists() and not overwrite:
+                report.skipped.append(cid)
+                log.warning("%s: %s exists; kept (use --overwrite to replace)", cid, target)
+                continue
             try:
-                report.lesions += _lesions_of(case, result, predictor.settings, output / "registration" if mni
-                                              else None)
-            except Exception as err:  # noqa: BLE001 - the mask is written; only its table rows are missing
-                log.error("%s: %s: no lesions.csv rows: %s", cid, case["image"][0], describe_error(err))
+                result = predictor.predict_case(case)
+                notes = coarser_than_trained(case["image"][0], predictor.settings.training_scans)
+                ref = result["reference"]
+                if save_prob:
+                    save_nifti_atomic(like_reference(result["prob"], ref, np.float32), output / f"{cid}_prob.nii.gz")
+                if save_unc and result["unc"] is not None:
+                    save_nifti_atomic(like_reference(result["unc"], ref, np.float32), output / f"{cid}_unc.nii.gz")
+                if dicom_seg:
+                    _write_seg(case, result, output / f"{cid}_seg.dcm")
+                save_nifti_atomic(like_reference(result["mask"], ref, np.uint8), target)
+            except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+                report.failures.append((cid, describe_failure(err, case["image"][0])))
+                log.error("%s: %s", cid, report.failures[-1][1])
+                log.debug("traceback", exc_info=True)
+                continue
+            report.written.append(cid)
+            if notes:
+                log.warning("%s: %s: %s: expect lower accuracy", cid, case["image"][0], "; ".join(notes))
+            report.volumes.append(dict(id=cid, lesion_ml=round(result["lesion_ml"], 4), components=result["components"],
+                                       notes="; ".join(notes)))
+            if lesion_table:
+                try:
+                    report.lesions += _lesions_of(case, result, predictor.settings, output / "registration" if mni
+                                                  else None)
+                except Exception as err:  # noqa: BLE001 - the mask is written; only its table rows are missing
+                    log.error("%s: %s: no lesions.csv rows: %s", cid, case["image"][0], describe_error(err))
     _merge_csv(output / "volumes.csv", report.volumes, VOLUME_COLUMNS)
     if lesion_table:
         _merge_csv(output / "lesions.csv", report.lesions, LESION_COLUMNS, cases=report.written)
