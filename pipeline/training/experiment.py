@@ -139,6 +139,10 @@ def fit(trainer, module, datamodule, output_dir: str, resume: bool = False, data
         log.warning("--resume: no checkpoint at %s, starting from scratch", last)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    scans = getattr(datamodule, "scan_range", None)  # the training cases' voxel sizes, as the checkpoint has them
+    if scans and trainer.logger is not None and trainer.is_global_zero:
+        params = {f"training_scans.{k}": v for k, v in scans.items()}
+        trainer.logger.log_hyperparams(_new_params(trainer.logger, params) if resume else params)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     log_checkpoint(trainer.logger, best)
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)

@@ -36,6 +36,8 @@ def test_3d_training_writes_checkpoints_and_a_complete_mlflow_run(synth_set, tmp
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "unet3d-dice_ce-4mm-synth-e2-s0"  # what was run, not MLflow's random words
+    scans = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]["training_scans"]
+    assert run.data.params["training_scans.slice_mm"] == str(scans["slice_mm"])  # the range inference notes against
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] and \
         len(client.get_metric_history(run.info.run_id, "val/dice")) == 2
     assert len(client.get_metric_history(run.info.run_id, "val/lesion_f1")) == 2
