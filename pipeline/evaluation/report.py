@@ -113,6 +113,7 @@ def _html(summary: dict, rows: list[dict], files: dict, failures: list, title: s
                    f"<td>{ci(s)}</td><td>{s['n']}</td></tr>" for k, s in summary["metrics"].items())
     cols = ["id", *METRIC_COLUMNS]
     noted = (summary.get("coarser_than_trained") or {}).get("cases", {})
+    notes_text = "<p>Notes: scans coarser than every training case (volumes.csv of the predictions).</p>"
     cases = "".join("<tr>" + "".join(f"<td>{fmt(r[c])}</td>" for c in cols) + f"<td>{fmt(noted.get(r['id'], ''))}"
                     "</td></tr>" for r in rows)
     fails = "".join(f"<li>{html.escape(c)}: {html.escape(m)}</li>" for c, m in failures)
@@ -130,7 +131,7 @@ both masks are empty. Volumes from the label header's voxel size. NSD at {summar
 {_calibration_html(summary, img(files['calibration'])) if files.get('calibration') else ""}
 <h2>Best and worst cases</h2>{img(files['overlays'])}
 {f"<h2>Failed cases</h2><ul>{fails}</ul>" if fails else ""}
-<h2>Every case</h2><p>Notes: scans coarser than every training case (from the predictions' volumes.csv).</p>
+<h2>Every case</h2>{notes_text if noted else ""}
 <table><tr>{''.join(f'<th>{c}</th>' for c in cols)}<th>notes</th></tr>{cases}</table>
 </body></html>"""
 
