@@ -9,7 +9,7 @@ bring more detail.
 
 Example:
     >>> trained = scan_range(["dwi_a.nii.gz", "dwi_b.nii.gz"])  # doctest: +SKIP
-    >>> coarser_than_trained("dwi_c.nii.gz", trained)  # doctest: +SKIP
+    >>> coarser_than_trained(nib.load("dwi_c.nii.gz").affine, trained)  # doctest: +SKIP
     ['slices 8.0 mm thick (trained on 2.0-6.0 mm)']
 """
 
@@ -27,10 +27,9 @@ __all__ = ["voxel_size", "scan_range", "coarser_than_trained"]
 TOLERANCE = 0.1
 
 
-def voxel_size(path: str | Path) -> tuple[float, float]:
-    """(in-plane, slice) voxel size in mm of an image file, from its affine: the mean of the two finest axes, and
-    the coarsest. Only the header is read."""
-    affine = nib.load(str(path)).affine
+def voxel_size(affine: np.ndarray) -> tuple[float, float]:
+    """(in-plane, slice) voxel size in mm of an image's affine: the mean of the two finest axes, and the
+    coarsest, whatever the axis order or tilt."""
     sizes = np.sort(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
     return float(sizes[:2].mean()), float(sizes[2])
 
@@ -41,7 +40,7 @@ def scan_range(paths: Iterable[str | Path]) -> dict | None:
     sizes = []
     for path in paths:
         try:
-            sizes.append(voxel_size(path))
+            sizes.append(voxel_size(nib.load(str(path)).affine))  # the header only
         except (OSError, ValueError, EOFError, TypeError, nib.filebasedimages.ImageFileError):
             continue
     sizes = np.array(sizes)
@@ -52,12 +51,12 @@ def scan_range(paths: Iterable[str | Path]) -> dict | None:
             "cases": int(len(sizes))}
 
 
-def coarser_than_trained(path: str | Path, trained: dict | None, tolerance: float = TOLERANCE) -> list[str]:
-    """What about the file's voxels lies beyond ``trained`` (:func:`scan_range`), one phrase each; [] when
-    nothing does or no range is known (a model from before ranges were stored)."""
+def coarser_than_trained(affine: np.ndarray, trained: dict | None, tolerance: float = TOLERANCE) -> list[str]:
+    """What about the voxels of an image with this affine lies beyond ``trained`` (:func:`scan_range`), one phrase
+    each; [] when nothing does or no range is known (a model from before ranges were stored)."""
     if not trained:
         return []
-    inplane, thickness = voxel_size(path)
+    inplane, thickness = voxel_size(affine)
     notes = []
     for name, value, (lo, hi) in (("slices", thickness, trained["slice_mm"]),
                                   ("pixels", inplane, trained["inplane_mm"])):

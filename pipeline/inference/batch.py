@@ -88,8 +88,8 @@ def segment_cases(predictor: Predictor, cases: list[dict], output: str | Path, o
                 continue
             try:
                 result = predictor.predict_case(case)
-                notes = coarser_than_trained(case["image"][0], predictor.settings.training_scans)
                 ref = result["reference"]
+                notes = coarser_than_trained(ref.affine, predictor.settings.training_scans)
                 if save_prob:
                     save_nifti_atomic(like_reference(result["prob"], ref, np.float32), output / f"{cid}_prob.nii.gz")
                 if save_unc and result["unc"] is not None:

@@ -1,5 +1,6 @@
 """The training cases' voxel sizes, and the scans coarser than them."""
 
+import nibabel as nib
 import numpy as np
 
 from conftest import lps_affine, write_nifti
@@ -15,7 +16,7 @@ def _scan(path, spacing, degrees=0.0, axes=(0, 1, 2)):
 
 def test_voxel_size_reads_the_affine_whatever_the_axis_order_or_tilt(tmp_path):
     sagittal = _scan(tmp_path / "a.nii.gz", (0.9, 1.1, 5.0), degrees=14, axes=(2, 0, 1))
-    inplane, thickness = voxel_size(sagittal)
+    inplane, thickness = voxel_size(nib.load(sagittal).affine)
     assert np.isclose(inplane, 1.0) and np.isclose(thickness, 5.0)
 
 
@@ -26,10 +27,10 @@ def test_range_spans_the_cases_and_notes_only_coarser_scans(tmp_path):
                           _scan(tmp_path / "b.nii.gz", (1.8, 1.8, 6.0), degrees=10)])
     assert trained == {"inplane_mm": [0.9, 1.8], "slice_mm": [2.0, 6.0], "cases": 2}
     thick = _scan(tmp_path / "thick.nii.gz", (1.0, 1.0, 8.0))
-    assert coarser_than_trained(thick, trained) == ["slices 8.0 mm thick (trained on 2.0-6.0 mm)"]
+    assert coarser_than_trained(nib.load(thick).affine, trained) == ["slices 8.0 mm thick (trained on 2.0-6.0 mm)"]
     wide = _scan(tmp_path / "wide.nii.gz", (2.6, 2.6, 5.0))
-    assert coarser_than_trained(wide, trained) == ["pixels 2.6 mm wide (trained on 0.9-1.8 mm)"]
+    assert coarser_than_trained(nib.load(wide).affine, trained) == ["pixels 2.6 mm wide (trained on 0.9-1.8 mm)"]
     # finer voxels only bring detail (every case is resampled to the model's grid); 6.5 mm is within tolerance
     for spacing in [(0.5, 0.5, 1.0), (1.0, 1.0, 6.5)]:
-        assert coarser_than_trained(_scan(tmp_path / "ok.nii.gz", spacing), trained) == []
-    assert coarser_than_trained(thick, None) == []  # a model from before ranges were stored
+        assert coarser_than_trained(nib.load(_scan(tmp_path / "ok.nii.gz", spacing)).affine, trained) == []
+    assert coarser_than_trained(nib.load(thick).affine, None) == []  # a model from before ranges were stored

@@ -49,7 +49,7 @@ def test_output_folder_holding_inputs_is_refused(tmp_path):
 def test_a_scan_coarser_than_the_training_cases_is_noted_by_infer_and_evaluate(synth_set, tiny_checkpoint, tmp_path):
     trained = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["training_scans"]
     cases = load_manifest(synth_set[1])["training"]
-    sizes = [voxel_size(c["image"][0]) for c in cases]
+    sizes = [voxel_size(nib.load(c["image"][0]).affine) for c in cases]
     assert 0 < trained["cases"] < len(cases)  # the training split, not its validation fold
     assert trained["slice_mm"][1] == round(max(s[1] for s in sizes), 2)
     case = load_manifest(synth_set[1])["testing"][0]
