@@ -81,7 +81,9 @@ class CaseRules:
         if not Path(path).is_file():
             raise InputError("missing file", case=case, path=str(path))
         try:
-            return self.loader(path)
+            img = self.loader(path)
+            # (x, y, z, 1, 1), as some converters store a volume: MONAI reads it (1, x, y, z, 1)
+            return img[..., 0] if img.dim() == 5 and img.shape[-1] == 1 else img
         except Exception as err:  # noqa: BLE001 - nibabel and gzip raise many types for damaged files
             if str(path).endswith(".gz") and _uncompressed_nifti(path):
                 raise InputError("named .gz but not gzip-compressed: rename it without .gz (or gzip it)",

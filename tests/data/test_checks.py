@@ -74,6 +74,16 @@ def test_4d_image_needs_a_volume_index_and_then_loads(tmp_path):
     expect(dict(d), "volume_index 5 is outside", volume_index=5)
 
 
+def test_a_volume_stored_with_two_trailing_singleton_axes_loads_as_3d(tmp_path):
+    """(x, y, z, 1, 1), as some converters write a volume, image and label alike."""
+    image = ramp((10, 10, 8))
+    label = (image > image.mean()).astype(np.uint8)
+    d = case(tmp_path, image=image[..., None, None], label=label[..., None, None])
+    out = load(dict(d))
+    assert tuple(out["image_0"].shape) == (1, 10, 10, 8) and np.allclose(out["image_0"][0].numpy(), image)
+    assert np.array_equal(out["label"][0].numpy(), label)
+
+
 def test_2d_image_and_single_slice_for_a_3d_model(tmp_path):
     d = case(tmp_path / "a", image=ramp((10, 10)), label=np.zeros((10, 10, 1), np.uint8))
     expect(d, "2D image")
