@@ -95,7 +95,8 @@ def head_mask(volume: np.ndarray | torch.Tensor, spacing=(1.0, 1.0, 1.0), mask_m
     finite = small[np.isfinite(small)]
     if finite.size == 0 or finite.max() <= finite.min():
         return np.zeros(shape, bool)
-    threshold = 0.5 * _otsu(finite) if finite.min() >= 0 else _otsu(finite)
+    low = min(float(finite.min()), 0.0)  # 0 for every magnitude image; below 0 after an offset's rest
+    threshold = low + 0.5 * (_otsu(finite) - low)
     mask = small > threshold
     if not mask.any():
         return np.zeros(shape, bool)
@@ -283,12 +284,17 @@ class ApplyNormd(MapTransform):
 
 def normalisation(keys, lower: float = 0.5, upper: float = 99.5, mask_mm: float = 4.0, crop_margin: int | None = 2,
                   crop_keys=(), apply: bool = True, clip: bool = True, scale: str = "std") -> list:
-    """Head mask, crop to it (``crop_margin`` voxels around; None: no crop) with ``crop_keys`` too, statistics,
-    and (``apply``) normalisation. Training leaves ``apply`` to after its raw-intensity augmentation, so the
+    """Head mask, offsets of the other channels removed (:mod:`pipeline.data.signal_zero`), crop to the head
+    (``crop_margin`` voxels around; None: no crop) with ``crop_keys`` too, statistics, and (``apply``)
+    normalisation. Training leaves ``apply`` to after its raw-intensity augmentation, so the
     ``head`` and ``norm_stats`` keys then travel with the sample."""
     from monai.transforms import CropForegroundd
 
-    chain = [HeadMaskd(keys, "head", mask_mm)]
+    from pipeline.data.signal_zero import SignalZerod
+
+    # the other channels stored with an offset (negative values in the head) get their zero back (the first got
+    # it as loaded, in :func:`pipeline.data.transforms.deterministic`)
+    chain = [HeadMaskd(keys, "head", mask_mm), SignalZerod(keys, "head")]
     if crop_margin is not None:
         image_keys = [keys] if isinstance(keys, str) else list(keys)
         chain.append(CropForegroundd([*image_keys, *crop_keys, "head"], source_key="head", margin=crop_margin,

@@ -124,6 +124,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     after augmenting.
     """
     from pipeline.data.checks import LoadCheckedd
+    from pipeline.data.signal_zero import SignalZerod
     from pipeline.data.sitk_transforms import COVERAGE, ResampleToGridd
 
     keys = channel_keys(channels)
@@ -133,6 +134,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
         LoadCheckedd(keys, label_key=LABEL if with_label else None, spatial_dims=spatial_dims,
                      volume_index=volume_index, label_threshold=label_threshold, optional_channels=optional_channels),
     ]
+    chain.append(SignalZerod(keys[0]))  # a first channel stored with an offset: its zero back, before interpolating
     if channels > 1:
         chain.append(ResampleToGridd(keys[1:], key_dst=keys[0]))
     if register or n4:
