@@ -4,7 +4,8 @@ Each variant rewrites every case of a test manifest (default: the shifted-domain
 trained model (``--model``, else as ``bench_accuracy.py`` finds one) through the project's batch inference:
 
 * **Same content, other storage or grid** (the Dice should not move): big-endian ``.nii``, a ``.hdr/.img`` NIfTI
-  pair, int16 and uint8 with scale factors (nibabel's choice), float64 times 1e6, an orientation in the qform only,
+  pair, int16 and uint8 with scale factors (nibabel's choice), float64 times 1e6, every value minus twice the
+  file's 99th percentile (an offset below 0), z-scored over the field of view, an orientation in the qform only,
   a 0/255 mask, the ADC on a grid of its own (1.5x coarser, rotated 10 degrees, as SimpleITK resamples it), and each
   scan cut to 36 mm around its lesion (a partial-coverage scan; ``pipeline.data.reslice``). Reported: mean Dice and
   the largest change of any case against the untouched files.
@@ -59,6 +60,18 @@ def stored_as(dtype):
 
 def times_1e6(img, path: Path) -> str:
     return _save(nib.Nifti1Image(img.get_fdata() * 1e6, img.affine, dtype=np.float64), path)
+
+
+def below_zero(img, path: Path) -> str:
+    """Every value minus twice the file's 99th percentile: an offset that puts the whole image below 0."""
+    data = img.get_fdata()
+    return _save(nib.Nifti1Image((data - 2 * np.percentile(data, 99)).astype(np.float32), img.affine), path)
+
+
+def z_scored(img, path: Path) -> str:
+    """Mean 0 and std 1 over the field of view, as a preprocessing tool writes it."""
+    data = img.get_fdata()
+    return _save(nib.Nifti1Image(((data - data.mean()) / data.std()).astype(np.float32), img.affine), path)
 
 
 def qform_only(img, path: Path) -> str:
@@ -123,6 +136,8 @@ SAME_CONTENT = {
     "int16 with scale factors": (stored_as(np.int16), (0, 1, 2), None),
     "uint8 with scale factors": (stored_as(np.uint8), (0, 1, 2), None),
     "float64 x 1e6": (times_1e6, (0, 1), None),
+    "offset below 0 (minus twice the 99th percentile)": (below_zero, (0, 1, 2), None),
+    "z-scored over the field of view": (z_scored, (0, 1, 2), None),
     "orientation in the qform only": (qform_only, (0, 1, 2), qform_only),
     "mask stored 0/255": (copy, (), lambda img, path: _save(nib.Nifti1Image(
         (np.asanyarray(img.dataobj) > 0).astype(np.uint8) * 255, img.affine), path)),
