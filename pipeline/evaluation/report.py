@@ -81,7 +81,11 @@ def _evaluate_case(case: dict, predictions: Path, tolerance_mm: float,
     if not same_grid(pred_img, truth_img):  # a label stored in another voxel order is copied onto the image grid
         truth = reorder_onto(truth, truth_img.affine, pred_img.affine, pred_img.shape[:3])
         if truth is None:
-            raise InputError(f"prediction grid {pred_img.shape} differs from the label's {truth_img.shape}",
+            shift = float(np.abs(pred_img.affine - truth_img.affine).max())
+            what = (f"shape {pred_img.shape[:3]} differs from the label's {truth_img.shape[:3]}"
+                    if pred_img.shape[:3] != truth_img.shape[:3] else
+                    f"affine differs from the label's by up to {shift:.3g} mm (same shape)")
+            raise InputError(f"prediction grid: {what}; segment the case again, or compare on one grid",
                              case=cid, path=str(pred_path))
     spacing = pred_img.header.get_zooms()[:3]
     row = dict(id=cid, **case_metrics(pred, truth, spacing, tolerance_mm))

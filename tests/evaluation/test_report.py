@@ -129,6 +129,34 @@ def test_a_label_stored_in_another_voxel_order_scores_as_on_the_image_grid(tmp_p
     assert scores["turned"] == scores["same"] and 0.5 < float(scores["same"]["dice"]) < 1.0
 
 
+def test_a_prediction_on_another_grid_fails_alone_and_says_how_it_differs(tmp_path):
+    """Another shape or a shifted affine: that case is refused naming its file and the difference; the rest score."""
+    import numpy as np
+
+    from conftest import write_nifti
+    from pipeline.evaluation.report import evaluate
+
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    truth = np.zeros((20, 22, 10), np.uint8)
+    truth[5:12, 6:14, 3:7] = 1
+    moved = affine.copy()
+    moved[0, 3] += 3.0
+    cases = []
+    for cid, (pred, pred_affine) in {"ok": (truth, affine), "shape": (truth[:-2], affine),
+                                     "moved": (truth, moved)}.items():
+        write_nifti(tmp_path / "pred" / f"{cid}.nii.gz", pred, pred_affine)
+        label = write_nifti(tmp_path / f"{cid}_label.nii.gz", truth, affine)
+        cases.append({"id": cid, "image": [str(label)], "label": str(label)})
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": cases}))
+    summary = evaluate(manifest, tmp_path / "pred", tmp_path / "eval", progress=False, viewer=False)
+    failures = {f["id"]: f["reason"] for f in summary["failures"]}
+    assert summary["cases"] == 1 and set(failures) == {"shape", "moved"}
+    assert "shape (18, 22, 10) differs from the label's (20, 22, 10)" in failures["shape"]
+    assert "affine differs from the label's by up to 3 mm (same shape)" in failures["moved"]
+    assert float(_rows_text(tmp_path / "eval" / "metrics.csv")[0]["dice"]) == 1.0
+
+
 @pytest.mark.slow
 def test_cases_without_flair_are_segmented_by_a_model_trained_with_flair_dropout(synth_set, tiny_checkpoint,
                                                                                   tmp_path):
