@@ -38,3 +38,19 @@ def test_manifest_command_on_a_missing_folder_is_one_line(tmp_path):
     result = run_cli("manifest", "--bids", str(tmp_path / "nope"), "--out", str(tmp_path / "m.json"))
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_model_file_that_is_not_one_is_refused_in_one_line(synth_set, tmp_path):
+    """Not a checkpoint, a truncated one, or a pickle of other objects: one line naming the file, no traceback."""
+    import torch
+
+    garbage, other = tmp_path / "notes.ckpt", tmp_path / "list.ckpt"
+    garbage.write_text("not weights\n")
+    torch.save([1, 2], other)
+    for path, reason in ((garbage, "unreadable weights: not a PyTorch file"),
+                         (other, "checkpoint has no network_config")):
+        result = run_cli("infer", "--model", str(path), "--datalist", str(synth_set[1]), "--output",
+                         str(tmp_path / "out"))
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"error: {path}: {reason}" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path=str(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not ckpt.get("network_config"):
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or not ckpt.get("network_config"):
         raise InputError("checkpoint has no network_config: not written by this pipeline", path=str(path))
     return ckpt
 
@@ -87,8 +88,21 @@ def load_weights(network: torch.nn.Module, path: str | Path, device="cpu") -> to
     path = Path(path)
     if not path.is_file():
         raise InputError("bundle has no weights: run `python -m pipeline export` first", path=str(path))
-    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    network.load_state_dict(_torch_load(path))
     return network.to(device).eval()
+
+
+def _torch_load(path: Path):
+    """``torch.load`` of tensors only (never code); a damaged or foreign file becomes one line naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and torch raise many types for a file that is not one
+        if isinstance(err, pickle.UnpicklingError):  # torch's own text is advice on weights_only=False
+            reason = "not a PyTorch file, or one holding Python objects besides tensors, which are never run"
+        else:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
+            reason += " (truncated or damaged?)"
+        raise InputError(f"unreadable weights: {reason}", path=str(path)) from None
 
 
 def bundle_parser(bundle: str | Path, **overrides):
