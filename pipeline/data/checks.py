@@ -200,9 +200,16 @@ def check_case(case: dict, rules: CaseRules) -> list[Problem]:
         if i == 0:
             first = img
         elif first is not None and not on_grid_of(img, first):
+            from pipeline.data.sitk_transforms import coverage_fraction
+
+            share = coverage_fraction(img.affine, img.shape[1:], first.affine, first.shape[1:])
+            if share == 0:
+                found.append(Problem("error", cid, str(path), f"does not overlap {Path(case['image'][0]).name}'s "
+                                     "field of view at all: a wrong file or a broken header"))
+                continue
             found.append(Problem("warning", cid, str(path), f"on another grid than {Path(case['image'][0]).name} "
-                                 f"(shape {tuple(img.shape[1:])} vs {tuple(first.shape[1:])}); it will be "
-                                 "resampled onto it"))
+                                 f"(shape {tuple(img.shape[1:])} vs {tuple(first.shape[1:])}; it covers "
+                                 f"{share:.0%} of it); it will be resampled onto it"))
     if case.get("label") and first is not None:
         try:
             label = rules.load(case["label"], cid)

@@ -15,7 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["COVERAGE", "covers", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
+__all__ = ["COVERAGE", "covers", "coverage_fraction", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -66,6 +66,30 @@ def covers(src_affine, src_shape, dst_affine, dst_shape) -> bool:
     return bool(((index >= -0.5 + 1e-3) & (index <= np.asarray(src_shape)[:, None] - 0.5 - 1e-3)).all())
 
 
+def coverage_fraction(src_affine, src_shape, dst_affine, dst_shape, samples: int = 9) -> float:
+    """The share of the destination grid that the source grid covers, on a ``samples``^3 lattice of its voxel
+    centres (corners included): 0 when the two fields of view do not meet at all."""
+    axes = [np.linspace(0, n - 1, samples) for n in dst_shape]
+    points = np.array(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
+    world = np.asarray(dst_affine, float)[:3, :3] @ points + np.asarray(dst_affine, float)[:3, 3:]
+    inverse = np.linalg.inv(np.asarray(src_affine, float))
+    index = inverse[:3, :3] @ world + inverse[:3, 3:]
+    inside = ((index >= -0.5) & (index <= np.asarray(src_shape)[:, None] - 0.5)).all(0)
+    return float(inside.mean())
+
+
+def _check_overlap(d: dict, key: str, src, dst) -> None:
+    """Refuse a channel whose field of view misses the first channel's: a wrong file or a broken header."""
+    if coverage_fraction(src.affine, src.shape[1:], dst.affine, dst.shape[1:]) > 0:
+        return
+    from pipeline.errors import InputError
+
+    gap = float(np.linalg.norm(np.asarray(src.affine)[:3, 3] - np.asarray(dst.affine)[:3, 3]))
+    raise InputError(f"does not overlap the first channel's field of view at all (origins {gap:.0f} mm apart): "
+                     "a wrong file or a broken header", case=str(d.get("id", "?")),
+                     path=str(src.meta.get("filename_or_obj", key)))
+
+
 class ResampleToGridd(MapTransform):
     """Resample each channel in ``keys`` onto the grid of ``key_dst`` (trilinear, zeros outside), and, where the
     channel does not cover that whole grid, add ``<key>_coverage`` (1 where the channel's own scan has a voxel,
@@ -92,6 +116,7 @@ class ResampleToGridd(MapTransform):
             if src.shape[1:] == dst.shape[1:] and np.allclose(np.asarray(src.affine), np.asarray(dst.affine),
                                                                atol=1e-4):
                 continue
+            _check_overlap(d, key, src, dst)
             moving = sitk.GetImageFromArray(np.asarray(src.as_tensor()[0], np.float32))
             g = _geometry(src.affine, src.shape[1:])
             moving.SetOrigin(g["outputOrigin"])

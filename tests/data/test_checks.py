@@ -223,6 +223,12 @@ def damaged(synth_set, tmp_path):
 
     files["not_nifti"] = path(4, 2)
     files["not_nifti"].write_bytes(gzip.compress(b"this is a text file, not an image"))
+
+    files["elsewhere"] = path(5, 1)  # an ADC whose header puts it 300 mm away from its DWI
+    img = nib.load(files["elsewhere"])
+    moved = img.affine.copy()
+    moved[0, 3] += 300.0
+    write_nifti(files["elsewhere"], np.asarray(img.dataobj), moved)
     return tmp_path / "m.json", files
 
 
@@ -241,6 +247,7 @@ def test_every_damaged_file_is_named_in_one_run(damaged):
     assert "label shape" in by_path[files["shape"].name]
     assert "NaN/Inf" in by_path[files["nan"].name]
     assert "not a NIfTI" in by_path[files["not_nifti"].name]
+    assert "does not overlap" in by_path[files["elsewhere"].name]
     assert all(p.case.startswith("sub-strokecase") for p in errors)
 
 

@@ -44,3 +44,27 @@ def test_a_coverage_map_only_for_a_channel_that_does_not_cover_the_reference(tmp
     assert 0.5 < covered.mean() < 0.75 and set(np.unique(covered)) == {0.0, 1.0}  # 20 of 32 columns
     assert covers(d["wide"].affine, d["wide"].shape[1:], d["a"].affine, d["a"].shape[1:])
     assert not covers(d["small"].affine, d["small"].shape[1:], d["a"].affine, d["a"].shape[1:])
+
+
+def test_a_channel_that_misses_the_reference_field_of_view_is_refused_naming_it(tmp_path):
+    """Half a field of view covered is resampled (the rest blank); none covered is a wrong file or header."""
+    import pytest
+
+    from pipeline.data.sitk_transforms import coverage_fraction
+    from pipeline.errors import InputError
+
+    rng = np.random.default_rng(0)
+    shape, affine = (32, 30, 10), lps_affine((1.5, 1.5, 3.5))
+    half, far = affine.copy(), affine.copy()
+    half[:3, 3] += affine[:3, 2] * 5  # five slices on: half of the slices overlap
+    far[:3, 3] += [300.0, 0.0, 0.0]
+    paths = {name: write_nifti(tmp_path / f"{name}.nii.gz", rng.random(shape, np.float32) + 1, a)
+             for name, a in (("dwi", affine), ("half", half), ("far", far))}
+    assert coverage_fraction(half, shape, affine, shape) == pytest.approx(5 / 9, abs=0.12)
+    assert coverage_fraction(far, shape, affine, shape) == 0.0
+    d = LoadCheckedd(["a", "b"])({"id": "c1", "a": str(paths["dwi"]), "b": str(paths["half"])})
+    assert ResampleToGridd(["b"], key_dst="a")(d)["b"].shape == d["a"].shape
+    d = LoadCheckedd(["a", "b"])({"id": "c1", "a": str(paths["dwi"]), "b": str(paths["far"])})
+    with pytest.raises(InputError, match="does not overlap the first channel's field of view") as info:
+        ResampleToGridd(["b"], key_dst="a")(d)
+    assert info.value.case == "c1" and info.value.path.endswith("far.nii.gz")
