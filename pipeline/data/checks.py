@@ -107,6 +107,11 @@ class CaseRules:
             if not -img.shape[0] <= self.volume_index < img.shape[0]:
                 raise fail(f"volume_index {self.volume_index} is outside the image's {img.shape[0]} volumes")
             img = img[self.volume_index: self.volume_index + 1 or None]
+        # MONAI and nibabel (which writes the outputs) read a header each: a broken one may fool only one of them
+        affines = [np.asarray(img.affine, float), np.asarray(nib.load(str(path)).affine, float)]
+        if (problem := next(filter(None, map(_degenerate_affine, affines)), None)) is not None:
+            raise fail(f"header gives no usable voxel grid ({problem}): fix the header, e.g. convert the scan "
+                       "from its DICOM again")
         if self.spatial_dims == 3 and 1 in img.shape[1:]:
             raise fail(f"single-slice image {tuple(img.shape[1:])} given to a 3D model; use a 2D model "
                        "(spatial_dims 2) or the whole volume")
@@ -177,6 +182,20 @@ class LoadCheckedd(MapTransform):
             path = d[self.label_key]
             d[self.label_key] = self.rules.label(self.rules.load(path, case), d[self.keys[0]], case, path)
         return d
+
+
+def _degenerate_affine(affine: np.ndarray) -> str | None:
+    """Why a voxel-to-scanner affine cannot place voxels (not finite, a zero-length or collinear voxel axis),
+    or None."""
+    if not np.isfinite(affine).all():
+        return "affine not finite"
+    rzs = affine[:3, :3]
+    sizes = np.linalg.norm(rzs, axis=0)
+    if (sizes < 1e-6).any():
+        return f"voxel size {tuple(round(float(v), 6) for v in sizes)} mm"
+    if abs(np.linalg.det(rzs)) < 1e-3 * float(np.prod(sizes)):
+        return "voxel axes collinear: affine determinant 0"
+    return None
 
 
 def check_case(case: dict, rules: CaseRules) -> list[Problem]:

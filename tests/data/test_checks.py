@@ -84,6 +84,23 @@ def test_a_volume_stored_with_two_trailing_singleton_axes_loads_as_3d(tmp_path):
     assert np.array_equal(out["label"][0].numpy(), label)
 
 
+def test_a_header_without_a_usable_voxel_grid_is_refused(tmp_path):
+    """Zero voxel sizes, or a collinear axis that MONAI's reader papers over but nibabel (which writes the
+    outputs) keeps: refused naming the file, not segmented onto a grid nobody can place."""
+    for name, affine in (("zero", np.diag([0.0, 0.0, 0.0, 1.0])),
+                         ("collinear", np.array([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]))):
+        header = nib.Nifti1Header()
+        header.set_data_shape((10, 10, 8))
+        header.set_sform(affine, code=1)
+        header.set_qform(None, code=0)
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(ramp((10, 10, 8)), None, header=header), path)
+        d = {"id": "case7", "image_0": str(path), "label": str(write_nifti(tmp_path / f"{name}_lab.nii.gz",
+                                                                             np.zeros((10, 10, 8), np.uint8)))}
+        error = expect(d, "header gives no usable voxel grid")
+        assert error.path == str(path)
+
+
 def test_2d_image_and_single_slice_for_a_3d_model(tmp_path):
     d = case(tmp_path / "a", image=ramp((10, 10)), label=np.zeros((10, 10, 1), np.uint8))
     expect(d, "2D image")
