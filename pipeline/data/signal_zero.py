@@ -46,6 +46,8 @@ def zero_level(channel: torch.Tensor, head: torch.Tensor | None = None) -> float
     range above it, the air's 0.5th percentile (a fitted ADC's noisy air has a median near 0, a magnitude
     image's a small positive one: neither is shifted).
     """
+    if float(channel.min()) >= 0:  # every scanner's magnitude image and ADC map: nothing to look for
+        return 0.0
     support = channel != 0
     values = channel[support & head] if head is not None else channel[support]
     if values.numel() == 0:
