@@ -184,6 +184,15 @@ class LoadCheckedd(MapTransform):
         return d
 
 
+def _orientation_unknown(path) -> bool:
+    """Whether a file's header says nothing of its orientation: a NIfTI with qform and sform codes 0, or ANALYZE;
+    FreeSurfer's MGH/MGZ always holds its scanner affine."""
+    header = nib.load(str(path)).header
+    if isinstance(header, nib.Nifti1Header):  # NIfTI-2's header derives from it
+        return not int(header["qform_code"]) and not int(header["sform_code"])
+    return isinstance(header, nib.AnalyzeHeader)
+
+
 def _degenerate_affine(affine: np.ndarray) -> str | None:
     """Why a voxel-to-scanner affine cannot place voxels (not finite, a zero-length or collinear voxel axis),
     or None."""
@@ -213,7 +222,7 @@ def check_case(case: dict, rules: CaseRules) -> list[Problem]:
         except InputError as err:
             found.append(Problem("error", cid, str(err.path or path), err.reason))  # a null channel: image[i]
             continue
-        if not int(img.meta.get("qform_code", 0)) and not int(img.meta.get("sform_code", 0)):  # ANALYZE has neither
+        if _orientation_unknown(path):
             found.append(Problem("warning", cid, str(path), "no orientation in the header (qform and sform codes "
                                  "0, or ANALYZE): its voxel axes are taken as R, A, S; check the mask's side"))
         if i == 0:

@@ -57,11 +57,17 @@ def to_grid(data: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image) ->
 
 
 def like_reference(data: np.ndarray, reference: nib.Nifti1Image, dtype) -> nib.Nifti1Image:
-    """A NIfTI on exactly the reference's grid: its affine, qform and sform (with their codes) and units.
+    """A NIfTI on exactly the reference's grid: its affine, qform and sform (with their codes) and units (an MGH/MGZ
+    reference: its affine as both, scanner codes).
 
     The header is new: no text field of the input (descrip, aux_file, intent name) is carried over.
     """
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine)
+    if not hasattr(reference, "get_qform"):  # FreeSurfer's MGH/MGZ: its affine is the scanner's, in mm
+        img.set_qform(reference.affine, code=1)
+        img.set_sform(reference.affine, code=1)
+        img.header.set_xyzt_units("mm")
+        return img
     img.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
     img.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
     img.header.set_zooms(reference.header.get_zooms()[:3])

@@ -47,3 +47,29 @@ def test_lesions_on_the_first_and_last_thick_slices_come_back():
         lesion = label[..., z] > 0
         assert back[..., z][lesion].mean() > 0.8, z  # counted as zero: 0.6 on the outer slices
         assert ((back[..., z] >= 0.5) == lesion).mean() > 0.98, z
+
+
+def test_a_freesurfer_mgz_scan_is_segmented_onto_its_own_grid(tmp_path):
+    """MGH/MGZ (FreeSurfer) input: no 'no orientation' warning (its header holds the scanner affine), and the mask
+    comes back as a NIfTI on the scan's grid whose bright blob it finds."""
+    from conftest import BrightIsLesion, oblique_lps_case
+    from pipeline.data.checks import CaseRules, check_case
+    from pipeline.inference.batch import segment_cases
+    from pipeline.inference.predictor import Predictor
+    from pipeline.inference.settings import Settings
+
+    case, blob = oblique_lps_case(tmp_path)
+    for i, path in enumerate(case["image"]):
+        img = nib.load(path)
+        case["image"][i] = str(tmp_path / f"channel{i}.mgz")
+        nib.save(nib.MGHImage(np.asarray(img.dataobj, np.float32), img.affine), case["image"][i])
+    assert [p.message for p in check_case(case, CaseRules()) if "orientation" in p.message] == []
+    predictor = Predictor(BrightIsLesion(), Settings(roi_size=[32, 32, 16], channels=2, spacing=[2.0, 2.0, 4.0],
+                                                     min_lesion_ml=0.0))
+    report = segment_cases(predictor, [case], tmp_path / "out", progress=False, lesion_table=False, mni=False)
+    assert report.failures == []
+    mask = nib.load(tmp_path / "out" / "case.nii.gz")
+    assert np.allclose(mask.affine, nib.load(case["image"][0]).affine, atol=1e-4)
+    assert int(mask.header["sform_code"]) == 1
+    got = np.asarray(mask.dataobj) > 0
+    assert 2 * (got & blob).sum() / (got.sum() + blob.sum()) > 0.7
