@@ -15,6 +15,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from pipeline.errors import InputError
+
 __all__ = ["COVERAGE", "covers", "coverage_fraction", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -82,8 +84,6 @@ def _check_overlap(d: dict, key: str, src, dst) -> None:
     """Refuse a channel whose field of view misses the first channel's: a wrong file or a broken header."""
     if coverage_fraction(src.affine, src.shape[1:], dst.affine, dst.shape[1:]) > 0:
         return
-    from pipeline.errors import InputError
-
     gap = float(np.linalg.norm(np.asarray(src.affine)[:3, 3] - np.asarray(dst.affine)[:3, 3]))
     raise InputError(f"does not overlap the first channel's field of view at all (origins {gap:.0f} mm apart): "
                      "a wrong file or a broken header", case=str(d.get("id", "?")),
