@@ -24,6 +24,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
+from pipeline.data.bvalues import sibling_bvals, trace_weighted
 from pipeline.data.manifest import load_manifest
 from pipeline.data.voxel_order import reorder_onto
 from pipeline.errors import InputError
@@ -93,17 +94,23 @@ class CaseRules:
                 from None
 
     def image(self, img, case: str, path):
-        """The checked image (one volume of a 4D file when ``volume_index`` says which)."""
+        """The checked image (one volume of a 4D file when ``volume_index`` says which; with a ``.bval`` file
+        beside it and no ``volume_index``, the trace-weighted image of its highest b-value)."""
         fail = lambda msg: InputError(msg, case=case, path=str(path))  # noqa: E731
         if img.dim() == 3:
             raise fail(f"2D image {tuple(img.shape[1:])}: the pipeline reads 3D volumes (a 2D model "
                        "segments their axial slices)")
         if img.dim() != 4:
             raise fail(f"image has {img.dim() - 1} spatial dimensions; expected 3")
+        if img.shape[0] > 1 and self.volume_index is None and (bvals := sibling_bvals(path)) is not None:
+            if len(bvals) != img.shape[0]:
+                raise fail(f"4D image with {img.shape[0]} volumes but {len(bvals)} b-values in its .bval file")
+            img = MetaTensor(trace_weighted(img.as_tensor(), bvals), meta=dict(img.meta))  # dcm2niix's series
         if img.shape[0] > 1:
             if self.volume_index is None:
                 raise fail(f"4D image with {img.shape[0]} volumes: choose one with the config key volume_index "
-                           "(e.g. the last: train --volume_index -1, infer/validate --volume-index -1)")
+                           "(e.g. the last: train --volume_index -1, infer/validate --volume-index -1), or put "
+                           "its .bval file beside it (the highest b-value's trace is then taken)")
             if not -img.shape[0] <= self.volume_index < img.shape[0]:
                 raise fail(f"volume_index {self.volume_index} is outside the image's {img.shape[0]} volumes")
             img = img[self.volume_index: self.volume_index + 1 or None]

@@ -74,6 +74,25 @@ def test_4d_image_needs_a_volume_index_and_then_loads(tmp_path):
     expect(dict(d), "volume_index 5 is outside", volume_index=5)
 
 
+def test_a_4d_dwi_with_its_bval_file_gives_the_trace_of_the_highest_b_value(tmp_path):
+    """dcm2niix's DWI series: b=0 then three directions at b=1000, with ``dwi.bval`` beside it: the geometric
+    mean of the three b=1000 volumes (the scanner's trace-weighted image); 0 where any of them is 0."""
+    rng = np.random.default_rng(0)
+    b0 = np.linspace(400, 500, 800, dtype=np.float32).reshape(10, 10, 8)
+    directions = rng.uniform(50, 150, (3, 10, 10, 8)).astype(np.float32)
+    directions[:, 0, 0, 0] = [0.0, 80.0, 90.0]
+    path = write_nifti(tmp_path / "dwi.nii.gz", np.stack([b0, *directions], -1))
+    (tmp_path / "dwi.bval").write_text("0 1000 1000 1000\n")
+    d = {"id": "case7", "image_0": str(path)}
+    trace = load(dict(d))["image_0"][0].numpy()
+    expected = np.exp(np.log(directions).mean(0))
+    assert np.allclose(trace[1:], expected[1:], rtol=1e-5) and trace[0, 0, 0] == 0
+    (tmp_path / "dwi.bval").write_text("0 1000 1000\n")
+    expect(d, "4D image with 4 volumes but 3 b-values in its .bval file")
+    (tmp_path / "dwi.bval").write_text("0 1000 1000 1000\n")
+    assert float(load(dict(d), volume_index=0)["image_0"].max()) == 500.0  # volume_index still picks one
+
+
 def test_a_volume_stored_with_two_trailing_singleton_axes_loads_as_3d(tmp_path):
     """(x, y, z, 1, 1), as some converters write a volume, image and label alike."""
     image = ramp((10, 10, 8))
