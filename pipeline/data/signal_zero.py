@@ -24,16 +24,17 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from pipeline.data.normalise import MAX_STAT_VOXELS
+
 __all__ = ["zero_level", "SignalZerod"]
 PERCENTILE = 0.5
 MIN_AIR = 1000  # voxels outside the head for its air to tell the zero
 AIR_MARGIN = 0.05
 SNAP = 1e-4  # shifted values this close to 0 (of the channel's top) are 0: no data
-MAX_VOXELS = 200_000  # percentiles from an even subsample, as the normalisation statistics
 
 
 def _percentile(values: torch.Tensor, q: float) -> float:
-    step = max(1, values.numel() // MAX_VOXELS)
+    step = max(1, values.numel() // MAX_STAT_VOXELS)  # an even subsample, as the normalisation's statistics
     return float(np.percentile(values[::step].double().numpy(), q))
 
 
