@@ -129,9 +129,11 @@ def _network():
 
 def _settings(spacing: float, **overrides):
     from pipeline.inference import Settings
+    from pipeline.inference.border import DEFAULT_BORDER
     from pipeline.inference.diffusion_check import DEFAULT_CHECK
 
     overrides.setdefault("diffusion_check", DEFAULT_CHECK)  # the shipped model's post-processing
+    overrides.setdefault("border_refinement", DEFAULT_BORDER)
     return Settings(roi_size=[64, 64, 64], channels=3, spacing=[spacing] * 3, **overrides)
 
 

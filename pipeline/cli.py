@@ -122,6 +122,9 @@ def _inference_commands(sub) -> None:
     p.add_argument("--no-diffusion-check", dest="diffusion_check", action="store_false",
                    help="keep lesions without restricted diffusion too (subacute strokes whose ADC has "
                         "pseudo-normalised; default: the model's check)")
+    p.add_argument("--no-border-refinement", dest="border_refinement", action="store_false",
+                   help="keep the network's lesion borders as they come from its 2 mm grid instead of deciding the "
+                        "voxels along them on the scan's own grid (default: the model's setting)")
     p.add_argument("--save-prob", action="store_true", help="also write <id>_prob.nii.gz")
     p.add_argument("--save-unc", action="store_true", help="also write <id>_unc.nii.gz (TTA variance; needs --tta)")
     p.add_argument("--dicom-seg", action="store_true",

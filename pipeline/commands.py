@@ -139,7 +139,8 @@ def infer(args) -> int:
 
     overrides = dict(tta_axes=[0, 1, 2] if args.tta else None, overlap=args.overlap, threshold=args.threshold,
                      min_lesion_ml=args.min_lesion_ml, min_lesion_peak=args.min_lesion_peak, runtime=args.runtime,
-                     diffusion_check=None if args.diffusion_check else False, volume_index=args.volume_index)
+                     diffusion_check=None if args.diffusion_check else False, volume_index=args.volume_index,
+                     border_refinement=None if args.border_refinement else False)
     predictor = Predictor.from_path(args.model, device=args.device, **overrides)
     if args.image:  # one case from the command line: no manifest to write
         images = [None if p.lower() in ("none", "null") else str(Path(p).resolve()) for p in args.image]

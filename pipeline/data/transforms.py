@@ -39,7 +39,7 @@ __all__ = ["channel_keys", "deterministic", "PadThickSlicesd", "sampling", "augm
            "val_transforms", "SplitChannelsd", "DEFAULT_AUGMENT", "augment_settings", "raw_intensity",
            "acquisition_shift"]
 
-IMAGE, LABEL, WEIGHT, HEAD, FOV = "image", "label", "weight", "head", "fov"
+IMAGE, LABEL, WEIGHT, HEAD, FOV, NATIVE = "image", "label", "weight", "head", "fov", "native"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel world axes; explicit, as MONAI 1.6 asks
 
 # Every augmentation and its defaults (prob 0: off). bias_field and gamma act per channel on raw intensities,
@@ -113,7 +113,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
                   register: bool = False, n4: bool = False, crop_margin: int = 2, spatial_dims: int = 3,
                   volume_index: int | None = None, label_threshold: float | None = None,
                   crop_to_head: bool = True, normalise: dict | None = None, apply_normalisation: bool = True,
-                  optional_channels: Sequence[int] = ()) -> list:
+                  optional_channels: Sequence[int] = (), keep_native: bool = False) -> list:
     """Load with checks, align channels, (register, N4), orient RAS, resample, crop to the head, normalise.
 
     ``volume_index`` picks one volume of 4D images; ``label_threshold`` binarises probabilistic labels;
@@ -121,7 +121,8 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     channel dropout trains for (see :class:`~pipeline.data.checks.LoadCheckedd`); ``normalise`` sets the
     percentiles and mask block of :func:`~pipeline.data.normalise.normalisation`. Without ``apply_normalisation``
     the chain ends with the head mask and the statistics (keys ``head``, ``norm_stats``), for training to apply
-    after augmenting.
+    after augmenting. ``keep_native`` also keeps the channels on the first channel's own grid, as stored (key
+    ``native``), for decisions on the scan's grid (:mod:`pipeline.inference.border`).
     """
     from pipeline.data.checks import LoadCheckedd
     from pipeline.data.signal_zero import SignalZerod
@@ -145,7 +146,10 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
         if n4:
             chain.append(N4BiasFieldd(keys))
     coverage = [COVERAGE.format(k) for k in keys[1:]]
-    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys), FieldOfViewd(IMAGE, FOV, coverage),
+    chain += [mt.ConcatItemsd(keys, IMAGE), mt.DeleteItemsd(keys)]
+    if keep_native:
+        chain.append(mt.CopyItemsd(IMAGE, names=NATIVE))
+    chain += [FieldOfViewd(IMAGE, FOV, coverage),
               mt.Orientationd([IMAGE, FOV] + label, axcodes="RAS", labels=RAS_LABELS)]
     if spacing:
         chain.append(PadThickSlicesd(IMAGE, [FOV] + label, spacing))
@@ -292,9 +296,10 @@ def train_transforms(channels: int, spatial_dims: int, spacing: Sequence[float] 
 def val_transforms(channels: int, spacing: Sequence[float] | None, register: bool = False, n4: bool = False,
                    with_label: bool = True, spatial_dims: int = 3, volume_index: int | None = None,
                    label_threshold: float | None = None, crop_to_head: bool = True,
-                   normalise: dict | None = None, optional_channels: Sequence[int] = ()) -> mt.Compose:
+                   normalise: dict | None = None, optional_channels: Sequence[int] = (),
+                   keep_native: bool = False) -> mt.Compose:
     """Whole volumes, deterministic only: what validation and inference see."""
     return mt.Compose(deterministic(channels, spacing, with_label, register, n4, spatial_dims=spatial_dims,
                                     volume_index=volume_index, label_threshold=label_threshold,
                                     crop_to_head=crop_to_head, normalise=normalise,
-                                    optional_channels=optional_channels))
+                                    optional_channels=optional_channels, keep_native=keep_native))

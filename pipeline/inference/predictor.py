@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
+from pipeline.inference.border import DEFAULT_BORDER, refine_border
 from pipeline.inference.diffusion_check import restricted_diffusion
 from pipeline.inference.grid import to_grid
 from pipeline.inference.settings import Settings
@@ -200,7 +201,8 @@ class Predictor:
                                                           with_label=False, spatial_dims=s.spatial_dims,
                                                           volume_index=s.volume_index, crop_to_head=s.crop_to_head,
                                                           normalise=s.normalise,
-                                                          optional_channels=s.optional_channels)
+                                                          optional_channels=s.optional_channels,
+                                                          keep_native=bool(s.border_refinement))
         self.inferer = inferer
         self.postprocess = postprocessing or Postprocess(s.threshold, s.min_lesion_ml, s.min_lesion_peak)
 
@@ -216,8 +218,14 @@ class Predictor:
 
     def probability(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image]:
         """Lesion probability (and TTA variance) on the grid of the case's first image, and that image."""
+        prob, var, reference, _ = self._infer(case)
+        return prob, var, reference
+
+    def _infer(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image, np.ndarray | None]:
+        """:meth:`probability`, and the channels on the first image's grid where the preprocessing kept them."""
         s = self.settings
-        image = self.preprocess(dict(case))["image"]  # first: its checks name a missing or damaged file
+        data = self.preprocess(dict(case))  # first: its checks name a missing or damaged file
+        image, native = data["image"], data.get("native")
         reference = nib.load(case["image"][0])
         big = image[0].numel() > s.stitch_on_cpu_above_voxels and self.device.type != "cpu"
         affine = np.asarray(image.affine)
@@ -233,16 +241,20 @@ class Predictor:
             checked, _ = restricted_diffusion(prob[0, 0].float().cpu().numpy(), image.numpy(), s.threshold,
                                               _spacing(affine), **s.diffusion_check)
             prob = torch.from_numpy(checked)[None, None]
-        native = [to_grid(m[0, 0].float().cpu().numpy(), affine, reference) if m is not None else None
-                  for m in (prob, var)]
-        return np.clip(native[0], 0, 1), native[1], reference
+        on_scan = [to_grid(m[0, 0].float().cpu().numpy(), affine, reference) if m is not None else None
+                   for m in (prob, var)]
+        channels = np.asarray(native) if native is not None else None
+        return np.clip(on_scan[0], 0, 1), on_scan[1], reference, channels
 
     def predict_case(self, case: dict) -> dict:
         """Mask (uint8), probability and TTA variance maps on the case's own grid, its reference image,
         lesion volume (mL) and component count."""
-        prob, unc, reference = self.probability(case)
+        prob, unc, reference, channels = self._infer(case)
         voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
         mask = self.postprocess(prob, voxel_ml)
+        border = self.settings.border_refinement
+        if border and channels is not None and channels.shape[1:] == mask.shape:
+            mask = refine_border(mask, prob, channels, _spacing(reference.affine), **{**DEFAULT_BORDER, **border})
         components = int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1]) if mask.any() else 0
         return dict(mask=mask.astype(np.uint8), prob=prob.astype(np.float32), unc=unc, reference=reference,
                     lesion_ml=float(mask.sum()) * voxel_ml, components=components)

@@ -43,6 +43,9 @@ class Settings:
     # drop lesions that are not brighter on DWI and darker on ADC than their surroundings
     # (pipeline.inference.diffusion_check; None or False: off)
     diffusion_check: dict | bool | None = None
+    # decide each lesion's border on the scan's own grid by the lesion share of its DWI and ADC
+    # (pipeline.inference.border; None or False: off)
+    border_refinement: dict | bool | None = None
     inside_head_only: bool = True
     stitch_on_cpu_above_voxels: int = 32_000_000
     # voxel sizes of the training cases (pipeline.data.scan_range); coarser cases are noted in volumes.csv
@@ -60,7 +63,7 @@ class Settings:
                    mode=inferer.get("mode", "gaussian"), threshold=hparams.get("threshold", 0.5),
                    min_lesion_ml=hparams.get("min_lesion_ml", 0.0),
                    min_lesion_peak=hparams.get("min_lesion_peak", 0.0), diffusion_check=hparams.get("diffusion_check"),
-                   training_scans=hparams.get("training_scans"))
+                   border_refinement=hparams.get("border_refinement"), training_scans=hparams.get("training_scans"))
 
     def replace(self, **changes) -> Settings:
         """A copy with ``changes`` (None values ignored, as unset command-line options)."""

@@ -60,6 +60,9 @@ class LesionSegmentation(pl.LightningModule):
             thresholding), in validation as in inference; 0: off.
         diffusion_check: arguments of :func:`~pipeline.inference.diffusion_check.restricted_diffusion` (lesions
             not bright on DWI and dark on ADC are dropped), in validation as in inference; None: off.
+        border_refinement: arguments of :func:`~pipeline.inference.border.refine_border`, kept with the
+            checkpoint for inference, which decides lesion borders on each scan's own grid (validation scores
+            the network's grid, where there is nothing finer to decide on); None: off.
         val_images: how many validation cases to draw in the per-epoch picture.
         preprocessing: ``{"channels", "spacing", "register", "n4"}`` of the deterministic transforms, saved
             with checkpoints so inference prepares images the same way.
@@ -78,7 +81,8 @@ class LesionSegmentation(pl.LightningModule):
                  inferer: dict | None = None, threshold: float = 0.5, min_lesion_ml: float = 0.0, val_images: int = 4,
                  preprocessing: dict | None = None, seed: int = 0, init_from: str | None = None,
                  freeze_encoder_epochs: int = 0, regularization: dict | None = None, channels_last: bool = True,
-                 diffusion_check: dict | None = None, min_lesion_peak: float = 0.0):
+                 diffusion_check: dict | None = None, min_lesion_peak: float = 0.0,
+                 border_refinement: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["network", "loss"])
         self.network = network

@@ -1,0 +1,97 @@
+"""Decide each lesion's border on the scan's own grid, by the lesion share its DWI and ADC show.
+
+The network sees the scan on its 2 mm grid, so its mask is only sure to within one of those voxels: its errors
+are a rim along the border, on this project's test sets about all of them (bundle docs). The scan itself is
+often finer, and a voxel there mixes lesion and tissue by the share of it the lesion fills, so its signal lies
+that share of the way from the tissue's to the lesion's. A truth mask marks the voxels at least half lesion.
+
+For each predicted lesion (26-connected), its core (voxels of probability >= ``core_prob``) and a ring of
+tissue around it (``band_mm`` to ``ring_mm`` outside; other lesions and blank voxels left out) give, per channel,
+the lesion's and the tissue's signal (medians). A voxel within ``band_mm`` of the border, on either side, is
+then lesion when its share ``(value - ring) / (core - ring)``, averaged over DWI and ADC, reaches ``fraction``.
+A share is a difference over a difference, so gain, offset and unit of the file cancel. A channel whose core
+differs from its ring by less than ``min_contrast`` ring spreads, or in the wrong direction (DWI darker, ADC
+brighter), is left out; a lesion with neither left keeps its border. Voxels further from the border keep the
+network's call, so a lesion can move by ``band_mm`` at most.
+
+Measured (bundle docs; the shipped recipe's two seeds): in-domain Dice 0.828 / 0.822 -> 0.869 / 0.867, shifted
+0.761 / 0.757 -> 0.790 / 0.785, the independent simulator's 0.840 / 0.824 -> 0.864 / 0.854, the validation
+fold 0.774 / 0.755 -> 0.811 / 0.793, where ``fraction`` 0.5 was the best of 0.4-0.6 for both seeds.
+
+Example:
+    >>> mask = refine_border(mask, prob, native_image, zooms=(0.9, 0.9, 5.0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["refine_border", "DEFAULT_BORDER"]
+
+DEFAULT_BORDER = {"dwi": 0, "adc": 1, "fraction": 0.5, "band_mm": 2.0, "ring_mm": 6.0, "core_prob": 0.9,
+                  "min_contrast": 0.5, "min_ring_voxels": 5}
+
+
+def refine_border(mask: np.ndarray, prob: np.ndarray, image: np.ndarray, zooms: Sequence[float], dwi: int | None = 0,
+                  adc: int | None = 1, fraction: float = 0.5, band_mm: float = 2.0, ring_mm: float = 6.0,
+                  core_prob: float = 0.9, min_contrast: float = 0.5, min_ring_voxels: int = 5) -> np.ndarray:
+    """``mask`` with the voxels near each lesion's border decided by their lesion share (see the module).
+
+    Args:
+        mask, prob: the network's mask and probability on the scan's grid.
+        image: the scan's channels on the same grid, channels first, as stored (any gain, offset or unit).
+        zooms: voxel size (mm) of that grid.
+        dwi, adc: channel indices (lesion brighter on DWI, darker on ADC); None: not used.
+        fraction: the share at which a voxel is lesion (a truth mask's one half).
+        band_mm: how far from the border voxels are decided; at least the scan's finest voxel.
+        ring_mm: outer width of the tissue ring.
+        core_prob: the lesion's core, whose signal is the lesion's.
+        min_contrast: a channel's core must differ from its ring by this many ring spreads (1.4826 MAD).
+        min_ring_voxels: a lesion with a smaller ring keeps its border.
+    """
+    channels = [(c, sign) for c, sign in ((dwi, 1.0), (adc, -1.0)) if c is not None and c < image.shape[0]]
+    if not mask.any() or not channels:
+        return mask
+    zooms = [float(z) for z in zooms]
+    band = max(band_mm, min(zooms) * 1.01)  # a scan coarser than the network's grid: one of its own voxels
+    pad = [int(np.ceil(max(ring_mm, band) / z)) + 1 for z in zooms]
+    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    out = mask.copy()
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(found, pad, strict=True))
+        lesion, others = labels[box] == index, (labels[box] != 0) & (labels[box] != index)
+        outside = ndimage.distance_transform_edt(~lesion, sampling=zooms)
+        inside = ndimage.distance_transform_edt(lesion, sampling=zooms)
+        values = image[(slice(None), *box)]
+        ring = (outside > band) & (outside <= ring_mm) & ~others & (values != 0).any(0)
+        if ring.sum() < min_ring_voxels:
+            continue
+        core = lesion & (prob[box] >= core_prob)
+        core = core if core.sum() >= 3 else lesion
+        share = _share(values, channels, core, ring, min_contrast)
+        if share is None:
+            continue
+        near = ((outside > 0) & (outside <= band) & ~others) | (lesion & (inside <= band))
+        region = out[box]
+        region[near] = share[near] >= fraction
+    return out
+
+
+def _share(values: np.ndarray, channels: list, core: np.ndarray, ring: np.ndarray,
+           min_contrast: float) -> np.ndarray | None:
+    """Each voxel's lesion share, the mean over the channels with a clear contrast; None without one."""
+    shares = []
+    for c, sign in channels:
+        v = values[c].astype(np.float32)
+        tissue = float(np.median(v[ring]))
+        spread = 1.4826 * float(np.median(np.abs(v[ring] - tissue)))
+        contrast = float(np.median(v[core])) - tissue
+        if sign * contrast > max(min_contrast * spread, 1e-6 * abs(tissue), 0.0):
+            shares.append((v - tissue) / contrast)
+    return sum(shares) / len(shares) if shares else None
