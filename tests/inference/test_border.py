@@ -46,6 +46,18 @@ def test_a_rim_the_network_over_or_under_calls_is_put_at_half_the_lesion(grow_mm
     assert refined.dtype == bool and refined.shape == truth.shape and mask.sum() != refined.sum()
 
 
+def test_a_bright_voxel_apart_from_the_lesion_is_not_a_lesion_of_its_own():
+    """Noise in the band can reach half the lesion's contrast; cut off from its lesion it is dropped, not counted
+    as a second lesion (lesion-wise F1 depends on it)."""
+    image, truth, zooms = _partial_volume_scene()
+    mask, prob = _network_call(truth, zooms, 2.0)
+    outside = ndimage.distance_transform_edt(~mask, sampling=zooms)
+    speck = tuple(np.argwhere((outside > 1.5) & (outside <= 2.0))[0])  # in the band, 3.5-4 mm from the truth
+    image[(0, *speck)], image[(1, *speck)] = 180, 450  # as bright on DWI and dark on ADC as the lesion
+    refined = refine_border(mask, prob, image, zooms)
+    assert not refined[speck] and dice(refined, truth) > 0.95
+
+
 def test_gain_offset_and_unit_of_the_file_do_not_change_the_border():
     image, truth, zooms = _partial_volume_scene()
     mask, prob = _network_call(truth, zooms, 2.0)
