@@ -30,6 +30,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from pipeline.inference.diffusion_check import bounding_box
+
 __all__ = ["refine_border", "DEFAULT_BORDER"]
 
 DEFAULT_BORDER = {"dwi": 0, "adc": 1, "fraction": 0.5, "band_mm": 2.0, "ring_mm": 6.0, "core_prob": 0.9,
@@ -59,7 +61,17 @@ def refine_border(mask: np.ndarray, prob: np.ndarray, image: np.ndarray, zooms: 
     zooms = [float(z) for z in zooms]
     band = max(band_mm, min(zooms) * 1.01)  # a scan coarser than the network's grid: one of its own voxels
     pad = [int(np.ceil(max(ring_mm, band) / z)) + 1 for z in zooms]
-    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    around = bounding_box(mask, pad)  # the lesions and their rings: at 1 mm a sliver of the volume
+    out = mask.copy()
+    out[around] = _refine(mask[around], prob[around], image[(slice(None), *around)], zooms, channels, band, pad,
+                          fraction, ring_mm, core_prob, min_contrast, min_ring_voxels)
+    return out
+
+
+def _refine(mask, prob, image, zooms, channels, band, pad, fraction, ring_mm, core_prob, min_contrast,
+            min_ring_voxels) -> np.ndarray:
+    """:func:`refine_border` inside the box around the lesions and their rings."""
+    labels = cc3d.connected_components(mask, connectivity=26)
     out, anchors = mask.copy(), np.zeros_like(mask)
     for index, found in enumerate(ndimage.find_objects(labels), start=1):
         if found is None:

@@ -26,7 +26,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["restricted_diffusion", "DEFAULT_CHECK"]
+__all__ = ["restricted_diffusion", "DEFAULT_CHECK", "bounding_box"]
 
 log = logging.getLogger(__name__)
 DEFAULT_CHECK = {"dwi": 0, "adc": 1, "min_adc_drop": 0.08, "min_dwi_rise": 0.0, "ring_mm": 6.0, "min_ring_voxels": 5,
@@ -56,7 +56,7 @@ def restricted_diffusion(prob: np.ndarray, image: np.ndarray, threshold: float, 
     if image.shape[0] <= max(dwi, adc) or not mask.any():
         return prob, 0
     radius = [int(np.ceil(ring_mm / float(s))) for s in spacing]
-    box = _bounding_box(mask, radius)
+    box = bounding_box(mask, radius)
     labels, n = cc3d.connected_components(mask[box], connectivity=26, return_N=True)
     grown = ndimage.grey_dilation(labels, size=[2 * r + 1 for r in radius])  # ring voxels take a nearby lesion's id
     tissue = (labels == 0) & (image[(slice(None), *box)] != 0).any(0)
@@ -86,7 +86,7 @@ def restricted_diffusion(prob: np.ndarray, image: np.ndarray, threshold: float, 
     return out, int(fail.sum())
 
 
-def _bounding_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
     """The box around ``mask``'s voxels, grown by ``margin`` voxels per axis (within the array)."""
     box = []
     for axis, m in enumerate(margin):
