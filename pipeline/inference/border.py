@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from pipeline.inference.diffusion_check import bounding_box
 
-__all__ = ["refine_border", "DEFAULT_BORDER"]
+__all__ = ["refine_border", "refinement_box", "DEFAULT_BORDER"]
 
 DEFAULT_BORDER = {"dwi": 0, "adc": 1, "fraction": 0.5, "band_mm": 2.0, "ring_mm": 6.0, "core_prob": 0.9,
                   "min_contrast": 0.5, "min_ring_voxels": 5}
@@ -60,12 +60,24 @@ def refine_border(mask: np.ndarray, prob: np.ndarray, image: np.ndarray, zooms: 
         return mask
     zooms = [float(z) for z in zooms]
     band = max(band_mm, min(zooms) * 1.01)  # a scan coarser than the network's grid: one of its own voxels
-    pad = [int(np.ceil(max(ring_mm, band) / z)) + 1 for z in zooms]
+    pad = _margin(zooms, band_mm, ring_mm)
     around = bounding_box(mask, pad)  # the lesions and their rings: at 1 mm a sliver of the volume
     out = mask.copy()
     out[around] = _refine(mask[around], prob[around], image[(slice(None), *around)], zooms, channels, band, pad,
                           fraction, ring_mm, core_prob, min_contrast, min_ring_voxels)
     return out
+
+
+def refinement_box(mask: np.ndarray, zooms: Sequence[float], band_mm: float = 2.0, ring_mm: float = 6.0,
+                   **_) -> tuple[slice, ...] | None:
+    """The box :func:`refine_border` reads for any mask within ``mask`` (its lesions, bands and rings); None
+    for an empty mask. Keeping only this much of a scan's channels is enough to refine such masks later."""
+    return bounding_box(mask, _margin([float(z) for z in zooms], band_mm, ring_mm)) if mask.any() else None
+
+
+def _margin(zooms: list[float], band_mm: float, ring_mm: float) -> list[int]:
+    band = max(band_mm, min(zooms) * 1.01)
+    return [int(np.ceil(max(ring_mm, band) / z)) + 1 for z in zooms]
 
 
 def _refine(mask, prob, image, zooms, channels, band, pad, fraction, ring_mm, core_prob, min_contrast,

@@ -218,10 +218,10 @@ class Predictor:
 
     def probability(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image]:
         """Lesion probability (and TTA variance) on the grid of the case's first image, and that image."""
-        prob, var, reference, _ = self._infer(case)
+        prob, var, reference, _ = self.infer(case)
         return prob, var, reference
 
-    def _infer(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image, np.ndarray | None]:
+    def infer(self, case: dict) -> tuple[np.ndarray, np.ndarray | None, nib.Nifti1Image, np.ndarray | None]:
         """:meth:`probability`, and the channels on the first image's grid where the preprocessing kept them."""
         s = self.settings
         data = self.preprocess(dict(case))  # first: its checks name a missing or damaged file
@@ -249,15 +249,23 @@ class Predictor:
     def predict_case(self, case: dict) -> dict:
         """Mask (uint8), probability and TTA variance maps on the case's own grid, its reference image,
         lesion volume (mL) and component count."""
-        prob, unc, reference, channels = self._infer(case)
+        prob, unc, reference, channels = self.infer(case)
         voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
-        mask = self.postprocess(prob, voxel_ml)
-        border = self.settings.border_refinement
-        if border and channels is not None and channels.shape[1:] == mask.shape:
-            mask = refine_border(mask, prob, channels, _spacing(reference.affine), **{**DEFAULT_BORDER, **border})
+        mask = self.refine(self.postprocess(prob, voxel_ml), prob, channels, reference.affine)
         components = int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1]) if mask.any() else 0
         return dict(mask=mask.astype(np.uint8), prob=prob.astype(np.float32), unc=unc, reference=reference,
                     lesion_ml=float(mask.sum()) * voxel_ml, components=components)
+
+    def refine(self, mask: np.ndarray, prob: np.ndarray, channels: np.ndarray | None,
+               affine: np.ndarray) -> np.ndarray:
+        """``mask`` with each lesion's border decided on the scan's grid (``settings.border_refinement``; see
+        :mod:`pipeline.inference.border`), or as it is when that is off or the channels were not kept.
+        ``mask``, ``prob`` and ``channels`` may be cut to a box of the scan
+        (:func:`~pipeline.inference.border.refinement_box`)."""
+        border = self.settings.border_refinement
+        if not border or channels is None or channels.shape[1:] != mask.shape:
+            return mask
+        return refine_border(mask, prob, channels, _spacing(affine), **{**DEFAULT_BORDER, **border})
 
 
 def _spacing(affine: np.ndarray) -> list[float]:

@@ -50,8 +50,9 @@ def _parent_run(cv_dir: Path, tracking_uri: str | None, experiment: str, folds: 
     return client, run.info.run_id
 
 
-def choose_postprocessing(samples: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[dict, list[dict]]:
-    """Grid search over threshold x minimum lesion volume on out-of-fold (probability, truth, voxel mL).
+def choose_postprocessing(samples: list[tuple]) -> tuple[dict, list[dict]]:
+    """Grid search over threshold x minimum lesion volume on out-of-fold (probability, truth, voxel mL[, refine]):
+    ``refine``, where given, takes each mask as inference would (the model's border refinement).
 
     Criterion: mean Dice + mean lesion-wise F1 (both ISLES'22 headline metrics); ties keep the default
     (0.5, 0 mL). Returns the choice and the whole grid.
@@ -63,8 +64,9 @@ def choose_postprocessing(samples: list[tuple[np.ndarray, np.ndarray, float]]) -
     for threshold, min_ml in itertools.product(THRESHOLDS, MIN_LESION_ML):
         post = Postprocess(threshold, min_ml)
         scores = []
-        for prob, truth, voxel_ml in samples:
+        for prob, truth, voxel_ml, *refine in samples:
             mask = post(prob, voxel_ml)  # once per case and grid point
+            mask = refine[0](mask) if refine and refine[0] else mask
             scores.append((dice(mask, truth), lesion_f1(mask, truth)))
         d, f = (float(np.mean([s[i] for s in scores])) for i in (0, 1))
         grid.append(dict(threshold=threshold, min_lesion_ml=min_ml, dice=d, lesion_f1=f, score=d + f))
@@ -87,12 +89,31 @@ def _out_of_fold(cv_dir: Path, manifest: str, dataset_dir, folds: int) -> list[d
     for fold, ckpt in sorted(fold_checkpoints(cv_dir).items()):
         predictor = Predictor.from_path(ckpt)
         for case in split_cases(cases, fold, num_folds=folds)[1]:
-            prob, _, ref = predictor.probability(case)
+            prob, _, ref, channels = predictor.infer(case)
             truth = np.squeeze(np.asanyarray(nib.load(case["label"]).dataobj)) > 0.5
             voxel_ml = float(np.prod(ref.header.get_zooms()[:3])) / 1000.0
             records.append(dict(id=str(case["id"]), fold=fold, prob=prob, truth=truth, voxel_ml=voxel_ml,
-                                reference=ref))
+                                reference=ref, refine=_refiner(predictor, prob, channels, ref)))
     return records
+
+
+def _refiner(predictor, prob: np.ndarray, channels: np.ndarray | None, reference):
+    """mask -> the mask inference writes (border refinement), for any threshold of the grid; keeps only the box of
+    the channels those masks can reach. None where the model does not refine borders."""
+    from pipeline.inference.border import DEFAULT_BORDER, refinement_box
+
+    border = predictor.settings.border_refinement
+    box = refinement_box(prob >= min(THRESHOLDS), np.linalg.norm(reference.affine[:3, :3], axis=0),
+                         **{**DEFAULT_BORDER, **border}) if border and channels is not None else None
+    if box is None:
+        return None
+    kept, part = channels[(slice(None), *box)].copy(), prob[box]
+
+    def refine(mask: np.ndarray) -> np.ndarray:
+        out = mask.copy()
+        out[box] = predictor.refine(mask[box], part, kept, reference.affine)
+        return out
+    return refine
 
 
 def _cv_table(metrics_csv: Path, fold_of: dict[str, int]) -> list[dict]:
@@ -153,12 +174,13 @@ def run_cv(config_files: list[str], overrides: dict, folds: int, only_fold: int 
         return summary
 
     records = _out_of_fold(cv_dir, get("datalist"), get("dataset_dir"), folds)
-    post, grid = choose_postprocessing([(r["prob"], r["truth"], r["voxel_ml"]) for r in records])
+    post, grid = choose_postprocessing([(r["prob"], r["truth"], r["voxel_ml"], r["refine"]) for r in records])
     write_json_atomic(dict(post, grid=grid), cv_dir / POSTPROCESSING_FILE)
     apply = Postprocess(post["threshold"], post["min_lesion_ml"])
     for r in records:
-        save_nifti_atomic(like_reference(apply(r["prob"], r["voxel_ml"]), r["reference"], np.uint8),
-                          cv_dir / "oof" / f"{r['id']}.nii.gz")
+        mask = apply(r["prob"], r["voxel_ml"])
+        mask = r["refine"](mask) if r["refine"] else mask
+        save_nifti_atomic(like_reference(mask, r["reference"], np.uint8), cv_dir / "oof" / f"{r['id']}.nii.gz")
     evaluate(get("datalist"), cv_dir / "oof", cv_dir / "oof" / "evaluation", split="training",
              dataset_dir=get("dataset_dir"), progress=False)
     rows = _cv_table(cv_dir / "oof" / "evaluation" / "metrics.csv", {r["id"]: r["fold"] for r in records})

@@ -5,41 +5,16 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from conftest import ROOT, BrightIsLesion, oblique_lps_case
+from conftest import ROOT, BrightIsLesion, oblique_lps_case, partial_volume_scene, rim_call
 from pipeline.evaluation.metrics import dice
 from pipeline.inference import Predictor, Settings
 from pipeline.inference.border import DEFAULT_BORDER, refine_border
 
 
-def _partial_volume_scene(radius_mm=7.0, shape=(40, 40, 16), zooms=(1.0, 1.0, 3.0), seed=0):
-    """A noisy head with one round infarct whose voxels mix lesion and tissue by the share the lesion fills
-    (4x super-sampled), as a scanner's voxels do; the truth is a share of at least one half."""
-    rng = np.random.default_rng(seed)
-    fine = [np.arange(n * 4) / 4 + 1 / 8 for n in shape]
-    x, y, z = np.meshgrid(*[(f - n / 2) * s for f, n, s in zip(fine, shape, zooms, strict=True)], indexing="ij")
-    inside = (x ** 2 + y ** 2 + z ** 2 < radius_mm ** 2).astype(np.float32)
-    share = inside.reshape(shape[0], 4, shape[1], 4, shape[2], 4).mean((1, 3, 5))
-    dwi = 100 + 80 * share + rng.normal(0, 3, shape)          # 1.8x the tissue
-    adc = 800 - 350 * share + rng.normal(0, 20, shape)        # 0.56x the tissue
-    flair = 300 + rng.normal(0, 5, shape)                     # FLAIR-negative
-    return np.stack([dwi, adc, flair]).astype(np.float32), share >= 0.5, zooms
-
-
-def _network_call(truth, zooms, grow_mm):
-    """What a network on a 2 mm grid draws: the lesion ``grow_mm`` too large (or small), sure in its core."""
-    spacing = np.asarray(zooms)
-    outside = ndimage.distance_transform_edt(~truth, sampling=spacing)
-    inside = ndimage.distance_transform_edt(truth, sampling=spacing)
-    mask = (outside <= grow_mm) & ~truth | (inside > -grow_mm) & truth if grow_mm >= 0 else inside > -grow_mm
-    prob = np.where(mask, 0.6, 0.05).astype(np.float32)
-    prob[inside > 2.5] = 0.97
-    return mask, prob
-
-
 @pytest.mark.parametrize("grow_mm", [2.0, -1.5])
 def test_a_rim_the_network_over_or_under_calls_is_put_at_half_the_lesion(grow_mm):
-    image, truth, zooms = _partial_volume_scene()
-    mask, prob = _network_call(truth, zooms, grow_mm)
+    image, truth, zooms = partial_volume_scene()
+    mask, prob = rim_call(truth, zooms, grow_mm)
     refined = refine_border(mask, prob, image, zooms, **DEFAULT_BORDER)
     assert dice(mask, truth) < 0.85
     assert dice(refined, truth) > 0.95
@@ -49,8 +24,8 @@ def test_a_rim_the_network_over_or_under_calls_is_put_at_half_the_lesion(grow_mm
 def test_a_bright_voxel_apart_from_the_lesion_is_not_a_lesion_of_its_own():
     """Noise in the band can reach half the lesion's contrast; cut off from its lesion it is dropped, not counted
     as a second lesion (lesion-wise F1 depends on it)."""
-    image, truth, zooms = _partial_volume_scene()
-    mask, prob = _network_call(truth, zooms, 2.0)
+    image, truth, zooms = partial_volume_scene()
+    mask, prob = rim_call(truth, zooms, 2.0)
     outside = ndimage.distance_transform_edt(~mask, sampling=zooms)
     speck = tuple(np.argwhere((outside > 1.5) & (outside <= 2.0))[0])  # in the band, 3.5-4 mm from the truth
     image[(0, *speck)], image[(1, *speck)] = 180, 450  # as bright on DWI and dark on ADC as the lesion
@@ -59,8 +34,8 @@ def test_a_bright_voxel_apart_from_the_lesion_is_not_a_lesion_of_its_own():
 
 
 def test_gain_offset_and_unit_of_the_file_do_not_change_the_border():
-    image, truth, zooms = _partial_volume_scene()
-    mask, prob = _network_call(truth, zooms, 2.0)
+    image, truth, zooms = partial_volume_scene()
+    mask, prob = rim_call(truth, zooms, 2.0)
     stored = image * np.array([3.7, 1e-6, 1.0], np.float32)[:, None, None, None] - np.array([500, 0, 0])[:, None,
                                                                                                       None, None]
     assert np.array_equal(refine_border(mask, prob, image, zooms), refine_border(mask, prob, stored.astype(np.float32),
@@ -68,8 +43,8 @@ def test_gain_offset_and_unit_of_the_file_do_not_change_the_border():
 
 
 def test_only_voxels_within_the_band_change():
-    image, truth, zooms = _partial_volume_scene()
-    mask, prob = _network_call(truth, zooms, 5.0)  # far too large: the band reaches part of the way back
+    image, truth, zooms = partial_volume_scene()
+    mask, prob = rim_call(truth, zooms, 5.0)  # far too large: the band reaches part of the way back
     refined = refine_border(mask, prob, image, zooms, band_mm=2.0)
     outside = ndimage.distance_transform_edt(~mask, sampling=zooms)
     inside = ndimage.distance_transform_edt(mask, sampling=zooms)
@@ -79,8 +54,8 @@ def test_only_voxels_within_the_band_change():
 
 
 def test_a_lesion_without_contrast_or_without_tissue_around_keeps_its_border():
-    image, truth, zooms = _partial_volume_scene()
-    mask, prob = _network_call(truth, zooms, 2.0)
+    image, truth, zooms = partial_volume_scene()
+    mask, prob = rim_call(truth, zooms, 2.0)
     flat = image.copy()
     flat[0], flat[1] = 100, 800  # nothing to see on DWI or ADC
     assert np.array_equal(refine_border(mask, prob, flat, zooms), mask)
