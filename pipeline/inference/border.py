@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from pipeline.inference.diffusion_check import bounding_box
 
-__all__ = ["refine_border", "refinement_box", "DEFAULT_BORDER"]
+__all__ = ["refine_border", "refinement_box", "border_settings", "DEFAULT_BORDER"]
 
 DEFAULT_BORDER = {"dwi": 0, "adc": 1, "fraction": 0.5, "band_mm": 2.0, "ring_mm": 6.0, "core_prob": 0.9,
                   "min_contrast": 0.5, "min_ring_voxels": 5}
@@ -66,6 +66,11 @@ def refine_border(mask: np.ndarray, prob: np.ndarray, image: np.ndarray, zooms: 
     out[around] = _refine(mask[around], prob[around], image[(slice(None), *around)], zooms, channels, band, pad,
                           fraction, ring_mm, core_prob, min_contrast, min_ring_voxels)
     return out
+
+
+def border_settings(border: dict | bool) -> dict:
+    """The arguments of :func:`refine_border` a config's ``border_refinement`` gives (``true``: the defaults)."""
+    return {**DEFAULT_BORDER, **(border if isinstance(border, dict) else {})}
 
 
 def refinement_box(mask: np.ndarray, zooms: Sequence[float], band_mm: float = 2.0, ring_mm: float = 6.0,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 
-from pipeline.inference.border import DEFAULT_BORDER, refine_border
+from pipeline.inference.border import border_settings, refine_border
 from pipeline.inference.diffusion_check import restricted_diffusion
 from pipeline.inference.grid import to_grid
 from pipeline.inference.settings import Settings
@@ -265,7 +265,7 @@ class Predictor:
         border = self.settings.border_refinement
         if not border or channels is None or channels.shape[1:] != mask.shape:
             return mask
-        return refine_border(mask, prob, channels, _spacing(affine), **{**DEFAULT_BORDER, **border})
+        return refine_border(mask, prob, channels, _spacing(affine), **border_settings(border))
 
 
 def _spacing(affine: np.ndarray) -> list[float]:

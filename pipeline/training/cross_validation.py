@@ -100,11 +100,11 @@ def _out_of_fold(cv_dir: Path, manifest: str, dataset_dir, folds: int) -> list[d
 def _refiner(predictor, prob: np.ndarray, channels: np.ndarray | None, reference):
     """mask -> the mask inference writes (border refinement), for any threshold of the grid; keeps only the box of
     the channels those masks can reach. None where the model does not refine borders."""
-    from pipeline.inference.border import DEFAULT_BORDER, refinement_box
+    from pipeline.inference.border import border_settings, refinement_box
 
     border = predictor.settings.border_refinement
     box = refinement_box(prob >= min(THRESHOLDS), np.linalg.norm(reference.affine[:3, :3], axis=0),
-                         **{**DEFAULT_BORDER, **border}) if border and channels is not None else None
+                         **border_settings(border)) if border and channels is not None else None
     if box is None:
         return None
     kept, part = channels[(slice(None), *box)].copy(), prob[box]

@@ -8,7 +8,7 @@ from scipy import ndimage
 from conftest import ROOT, BrightIsLesion, oblique_lps_case, partial_volume_scene, rim_call
 from pipeline.evaluation.metrics import dice
 from pipeline.inference import Predictor, Settings
-from pipeline.inference.border import DEFAULT_BORDER, refine_border
+from pipeline.inference.border import DEFAULT_BORDER, border_settings, refine_border
 
 
 @pytest.mark.parametrize("grow_mm", [2.0, -1.5])
@@ -72,7 +72,7 @@ def test_the_setting_travels_from_the_training_config_to_inference():
     border = config["lightning_module"]["border_refinement"]
     hparams = dict(spatial_dims=3, roi_size=[64, 64, 64], head="softmax", border_refinement=border)
     assert Settings.from_hparams(hparams).border_refinement == border == inference["settings"]["border_refinement"]
-    assert border == DEFAULT_BORDER
+    assert border == DEFAULT_BORDER == border_settings(True)  # `border_refinement: true` takes the defaults
     assert inference["preprocessing"]["keep_native"] == "$bool(@settings#border_refinement)"
 
 
