@@ -42,6 +42,7 @@ VARIANTS = {  # name -> Settings overrides of the project's defaults
     "project, eager PyTorch": {"runtime": "torch"},
     "project + 8-fold mirroring TTA": {"tta_axes": [0, 1, 2]},
     "project, lesions allowed outside the head": {"inside_head_only": False},
+    "project, the network's own borders (no border refinement)": {"border_refinement": False},
 }
 
 
