@@ -38,6 +38,8 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from pipeline.data.signal_zero import MAX_STAT_VOXELS, SignalZerod
+
 __all__ = ["head_mask", "channel_stats", "apply_stats", "FieldOfViewd", "BlankUncoveredd", "HeadMaskd", "NormStatsd",
            "ApplyNormd", "normalisation",
            "DEFAULT_NORMALISE"]
@@ -47,7 +49,6 @@ __all__ = ["head_mask", "channel_stats", "apply_stats", "FieldOfViewd", "BlankUn
 DEFAULT_NORMALISE = {"lower": 0.5, "upper": 99.5, "mask_mm": 4.0, "clip": True, "scale": "std"}
 FOV_INSIDE = 0.5 - 1e-3  # the resampled field-of-view map at the acquired volume's outer faces
 SCALES = ("std", "median")
-MAX_STAT_VOXELS = 200_000  # percentiles and moments from an even subsample: the same to 3 decimals, 8x faster
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -289,8 +290,6 @@ def normalisation(keys, lower: float = 0.5, upper: float = 99.5, mask_mm: float 
     normalisation. Training leaves ``apply`` to after its raw-intensity augmentation, so the
     ``head`` and ``norm_stats`` keys then travel with the sample."""
     from monai.transforms import CropForegroundd
-
-    from pipeline.data.signal_zero import SignalZerod
 
     # the other channels stored with an offset (negative values in the head) get their zero back (the first got
     # it as loaded, in :func:`pipeline.data.transforms.deterministic`)

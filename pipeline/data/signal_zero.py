@@ -24,17 +24,17 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from pipeline.data.normalise import MAX_STAT_VOXELS
-
-__all__ = ["zero_level", "SignalZerod"]
+__all__ = ["zero_level", "SignalZerod", "MAX_STAT_VOXELS"]
 PERCENTILE = 0.5
 MIN_AIR = 1000  # voxels outside the head for its air to tell the zero
 AIR_MARGIN = 0.05
+# percentiles and moments from an even subsample: the same to 3 decimals, 8x faster (the normalisation's too)
+MAX_STAT_VOXELS = 200_000
 SNAP = 1e-4  # shifted values this close to 0 (of the channel's top) are 0: no data
 
 
 def _percentile(values: torch.Tensor, q: float) -> float:
-    step = max(1, values.numel() // MAX_STAT_VOXELS)  # an even subsample, as the normalisation's statistics
+    step = max(1, values.numel() // MAX_STAT_VOXELS)
     return float(np.percentile(values[::step].double().numpy(), q))
 
 
