@@ -148,16 +148,21 @@ def write_dicom_series(folder: Path, volume: np.ndarray, affine: np.ndarray, des
     return paths
 
 
-def partial_volume_scene(radius_mm=7.0, shape=(40, 40, 16), zooms=(1.0, 1.0, 3.0), seed=0):
+def partial_volume_scene(radius_mm=7.0, shape=(40, 40, 16), zooms=(1.0, 1.0, 3.0), seed=0, noise=1.0):
     """A noisy head with one round infarct whose voxels mix lesion and tissue by the share the lesion fills
-    (4x super-sampled), as a scanner's voxels do; the truth is a share of at least one half."""
+    (4x super-sampled), as a scanner's voxels do: S0 and S_b add up over the two parts and the ADC is fitted from
+    them (b 1250 s/mm^2, tissue ADC 800e-6 mm^2/s); the truth is a share of at least one half. ``noise`` scales
+    the noise (1: a lesion 27 noise levels above its tissue on DWI)."""
     rng = np.random.default_rng(seed)
     fine = [np.arange(n * 4) / 4 + 1 / 8 for n in shape]
     x, y, z = np.meshgrid(*[(f - n / 2) * s for f, n, s in zip(fine, shape, zooms, strict=True)], indexing="ij")
     inside = (x ** 2 + y ** 2 + z ** 2 < radius_mm ** 2).astype(np.float32)
     share = inside.reshape(shape[0], 4, shape[1], 4, shape[2], 4).mean((1, 3, 5))
-    dwi = 100 + 80 * share + rng.normal(0, 3, shape)          # 1.8x the tissue
-    adc = 800 - 350 * share + rng.normal(0, 20, shape)        # 0.56x the tissue
+    b, adc_tissue, adc_lesion = 1250.0, 800e-6, 450e-6      # ADC 0.56x the tissue's
+    sb = 100 + 80 * share                                   # DWI 1.8x the tissue
+    s0 = (1 - share) * 100 * np.exp(b * adc_tissue) + share * 180 * np.exp(b * adc_lesion)
+    dwi = sb + rng.normal(0, 3 * noise, shape)
+    adc = np.log(s0 / sb) / b * 1e6 + rng.normal(0, 20 * noise, shape)   # stored in 1e-6 mm^2/s
     flair = 300 + rng.normal(0, 5, shape)                     # FLAIR-negative
     return np.stack([dwi, adc, flair]).astype(np.float32), share >= 0.5, zooms
 

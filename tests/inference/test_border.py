@@ -8,7 +8,7 @@ from scipy import ndimage
 from conftest import ROOT, BrightIsLesion, oblique_lps_case, partial_volume_scene, rim_call
 from pipeline.evaluation.metrics import dice
 from pipeline.inference import Predictor, Settings
-from pipeline.inference.border import DEFAULT_BORDER, border_settings, refine_border
+from pipeline.inference.border import DEFAULT_BORDER, adc_share, border_settings, refine_border
 
 
 @pytest.mark.parametrize("grow_mm", [2.0, -1.5])
@@ -33,13 +33,41 @@ def test_a_bright_voxel_apart_from_the_lesion_is_not_a_lesion_of_its_own():
     assert not refined[speck] and dice(refined, truth) > 0.95
 
 
-def test_gain_offset_and_unit_of_the_file_do_not_change_the_border():
+def test_gain_and_unit_of_the_file_do_not_change_the_border():
     image, truth, zooms = partial_volume_scene()
     mask, prob = rim_call(truth, zooms, 2.0)
-    stored = image * np.array([3.7, 1e-6, 1.0], np.float32)[:, None, None, None] - np.array([500, 0, 0])[:, None,
-                                                                                                      None, None]
-    assert np.array_equal(refine_border(mask, prob, image, zooms), refine_border(mask, prob, stored.astype(np.float32),
-                                                                                   zooms))
+    stored = image * np.array([3.7, 1e-3, 1.0], np.float32)[:, None, None, None]  # DWI gain, ADC in mm^2/s
+    assert np.array_equal(refine_border(mask, prob, image, zooms), refine_border(mask, prob, stored, zooms))
+
+
+def test_an_adc_stored_without_its_zero_is_read_linearly():
+    """The partial-volume model needs the ADC's ratios; a file z-scored or shifted below zero has none, and its
+    share is then read as a straight line, which an offset does not change."""
+    image, truth, zooms = partial_volume_scene()
+    mask, prob = rim_call(truth, zooms, 2.0)
+    shifted = image - np.array([0, 1000, 0], np.float32)[:, None, None, None]  # tissue ADC -200
+    assert np.array_equal(refine_border(mask, prob, shifted, zooms), refine_border(mask, prob, image, zooms, b_adc=0))
+
+
+@pytest.mark.parametrize(("dwi_ratio", "adc_ratio", "b_adc"), [(2.0, 0.6, 0.8), (2.0, 0.6, 1.5), (1.3, 0.85, 1.2),
+                                                               (2.5, 0.45, 1.2), (1.5, 0.75, 1.0)])
+def test_a_half_lesion_voxel_of_a_fitted_adc_reads_half(dwi_ratio, adc_ratio, b_adc):
+    """S0 and S_b add up over a voxel's two parts and the scanner fits the ADC from them, so read as a straight
+    line a half-lesion voxel looks more than half lesion; the two-part model reads it at half, whatever the b-value
+    and the tissue's ADC (b x ADC 0.8-1.5, taken as 1.0)."""
+    e_tissue, e_lesion = np.exp(b_adc), np.exp(b_adc * adc_ratio)  # S0 / S_b of each part
+    half = np.log((0.5 * e_tissue + 0.5 * dwi_ratio * e_lesion) / (0.5 + 0.5 * dwi_ratio)) / b_adc  # ADC / tissue's
+    assert (half - 1) / (adc_ratio - 1) > 0.54  # linear
+    assert adc_share(np.array([half]), 1.0, adc_ratio, dwi_ratio, 1.0)[0] == pytest.approx(0.5, abs=0.03)
+    assert adc_share(np.array([1.0, adc_ratio]), 1.0, adc_ratio, dwi_ratio, 1.0) == pytest.approx([0, 1], abs=1e-6)
+
+
+@pytest.mark.parametrize("grow_mm", [2.0, -1.5])
+def test_the_smoothed_share_decides_a_noisy_scan_better(grow_mm):
+    image, truth, zooms = partial_volume_scene(noise=6.0)  # a lesion 4.4 noise levels above its tissue on DWI
+    mask, prob = rim_call(truth, zooms, grow_mm)
+    wrong = [int((refine_border(mask, prob, image, zooms, smooth_mm=mm) != truth).sum()) for mm in (0.0, 1.0)]
+    assert wrong[1] <= 0.6 * wrong[0]
 
 
 def test_only_voxels_within_the_band_change():
