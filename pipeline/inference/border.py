@@ -61,7 +61,7 @@ def refine_border(mask: np.ndarray, prob: np.ndarray, image: np.ndarray, zooms: 
         core_prob: the lesion's core, whose signal is the lesion's.
         min_contrast: a channel's core must differ from its ring by this many ring spreads (1.4826 MAD).
         min_ring_voxels: a lesion with a smaller ring keeps its border.
-        smooth_mm: the channels are smoothed by a Gaussian of this width (mm) before the shares are taken.
+        smooth_mm: the share map is smoothed by a Gaussian of this width (mm) before it is cut at ``fraction``.
         b_adc: b-value times the tissue's ADC, for the ADC's partial-volume model (:func:`adc_share`); 0: linear.
     """
     channels = [(c, sign) for c, sign in ((dwi, 1.0), (adc, -1.0)) if c is not None and c < image.shape[0]]
