@@ -284,16 +284,17 @@ class ApplyNormd(MapTransform):
 
 
 def normalisation(keys, lower: float = 0.5, upper: float = 99.5, mask_mm: float = 4.0, crop_margin: int | None = 2,
-                  crop_keys=(), apply: bool = True, clip: bool = True, scale: str = "std") -> list:
-    """Head mask, offsets of the other channels removed (:mod:`pipeline.data.signal_zero`), crop to the head
-    (``crop_margin`` voxels around; None: no crop) with ``crop_keys`` too, statistics, and (``apply``)
-    normalisation. Training leaves ``apply`` to after its raw-intensity augmentation, so the
-    ``head`` and ``norm_stats`` keys then travel with the sample."""
+                  crop_keys=(), apply: bool = True, clip: bool = True, scale: str = "std",
+                  native_key: str | None = None) -> list:
+    """Head mask, offsets of the other channels removed (:mod:`pipeline.data.signal_zero`; from the copy at
+    ``native_key`` too), crop to the head (``crop_margin`` voxels around; None: no crop) with ``crop_keys`` too,
+    statistics, and (``apply``) normalisation. Training leaves ``apply`` to after its raw-intensity augmentation,
+    so the ``head`` and ``norm_stats`` keys then travel with the sample."""
     from monai.transforms import CropForegroundd
 
     # the other channels stored with an offset (negative values in the head) get their zero back (the first got
     # it as loaded, in :func:`pipeline.data.transforms.deterministic`)
-    chain = [HeadMaskd(keys, "head", mask_mm), SignalZerod(keys, "head")]
+    chain = [HeadMaskd(keys, "head", mask_mm), SignalZerod(keys, "head", also=native_key)]
     if crop_margin is not None:
         image_keys = [keys] if isinstance(keys, str) else list(keys)
         chain.append(CropForegroundd([*image_keys, *crop_keys, "head"], source_key="head", margin=crop_margin,

@@ -66,11 +66,12 @@ class SignalZerod(MapTransform):
     """Subtract :func:`zero_level` from the non-zero voxels of the channel-first images at ``keys``: without
     ``head_key``, of every channel over all its voxels (the first channel as loaded, before any interpolation
     blends a constant offset with zero padding); with it, of every channel but the first (the one the head was
-    found on), inside the head mask at ``head_key``."""
+    found on), inside the head mask at ``head_key``. ``also``: the key of a copy of the same channels on another
+    grid (the channels kept on the scan's grid, ``native``), shifted by the same levels."""
 
-    def __init__(self, keys, head_key: str | None = None, allow_missing_keys: bool = False):
+    def __init__(self, keys, head_key: str | None = None, also: str | None = None, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.head_key = head_key
+        self.head_key, self.also = head_key, also
 
     def __call__(self, data):
         d = dict(data)
@@ -85,12 +86,19 @@ class SignalZerod(MapTransform):
                       for c in channels}
             if not any(levels.values()):
                 continue
-            image = image.clone()
-            for c, level in levels.items():
-                if level:
-                    shifted = image[c] - level
-                    # a constant offset's air, blended by interpolation, lands a rounding error off 0: no data too
-                    near_zero = shifted.abs() <= SNAP * _percentile(shifted[image[c] != 0], 100 - PERCENTILE)
-                    image[c] = torch.where((image[c] != 0) & ~near_zero, shifted, torch.zeros(()))
-            d[key] = image
+            targets = [key] + ([self.also] if self.also in d else [])
+            for target in targets:
+                shifted = d[target].clone()
+                for c, level in levels.items():
+                    if level:
+                        shifted[c] = _shifted(shifted[c], level)
+                d[target] = shifted
         return d
+
+
+def _shifted(channel: torch.Tensor, level: float) -> torch.Tensor:
+    """``channel`` minus ``level`` where it holds data; 0 (no data) stays 0."""
+    shifted = channel - level
+    # a constant offset's air, blended by interpolation, lands a rounding error off 0: no data too
+    near_zero = shifted.abs() <= SNAP * _percentile(shifted[channel != 0], 100 - PERCENTILE)
+    return torch.where((channel != 0) & ~near_zero, shifted, torch.zeros((), dtype=channel.dtype))

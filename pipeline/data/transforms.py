@@ -160,7 +160,7 @@ def deterministic(channels: int, spacing: Sequence[float] | None, with_label: bo
     chain.append(BlankUncoveredd(IMAGE, FOV))
     return chain + normalisation(IMAGE, **{**DEFAULT_NORMALISE, **(normalise or {})},
                                  crop_margin=crop_margin if crop_to_head else None, crop_keys=label,
-                                 apply=apply_normalisation)
+                                 apply=apply_normalisation, native_key=NATIVE if keep_native else None)
 
 
 def _crop_size(spatial_dims: int, patch_size: Sequence[int], augment: dict) -> list[int]:

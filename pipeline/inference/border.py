@@ -11,8 +11,9 @@ the lesion's and the tissue's signal (medians). A voxel within ``band_mm`` of th
 then lesion when its share, averaged over DWI and ADC and smoothed over ``smooth_mm``, reaches ``fraction``.
 The DWI's share is ``(value - ring) / (core - ring)``: magnitudes add up over a voxel's parts. A fitted ADC does
 not (:func:`adc_share`): its share comes from the two-part model, with the lesion's DWI ratio and ``b_adc``.
-Gain and unit of the file cancel; the DWI's zero is its file's (restored upstream, ``SignalZerod``), and an ADC
-without its zero is read linearly, which an offset does not change. A channel whose core
+Gain and unit of the file cancel; a file stored with an offset gets its zero back upstream (``SignalZerod``, for
+these channels too), and an ADC whose zero is still not 0 (no positive tissue value) is read linearly, which an
+offset does not change. A channel whose core
 differs from its ring by less than ``min_contrast`` ring spreads, or in the wrong direction (DWI darker, ADC
 brighter), is left out; a lesion with neither left keeps its border. Voxels further from the border keep the
 network's call, so a lesion can move by ``band_mm`` at most; band voxels cut off from their lesion are dropped.

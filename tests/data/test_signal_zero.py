@@ -43,6 +43,18 @@ def test_a_file_with_an_offset_gives_the_input_of_the_plain_file(case, tmp_path,
         assert close.float().mean() > 0.995, (name, c, float(close.float().mean()))
 
 
+def test_the_channels_kept_on_the_scans_grid_get_their_zero_back_too(case, tmp_path):
+    """The border refinement reads the ADC on the scan's own grid (``native``) as a ratio to its tissue: an ADC file
+    with an offset gives the values its plain file gives there too (the offset found from its air)."""
+    def native_adc(c):
+        chain = val_transforms(channels=3, spacing=[4.0, 4.0, 4.0], normalise=SHIPPED, keep_native=True)
+        return np.asarray(chain(dict(c))["native"][1])
+
+    plain, shifted = native_adc(case), native_adc(_rewritten(case, tmp_path, lambda v: v - 5000.0))
+    close = np.abs(shifted - plain) < 0.001 * np.median(np.abs(plain[plain != 0]))
+    assert close.mean() > 0.995, float(close.mean())
+
+
 def test_files_without_offset_are_left_alone(case):
     """Magnitude images (noise floor above 0) and an ADC whose air is fitted noise as large as tissue, centred
     on 0: no offset to remove."""
