@@ -1,8 +1,10 @@
 """Inference speed and memory: the project's predictor against MONAI's plain sliding window, in one process.
 
 Cases: one synthetic subject at 2 mm and one at 1 mm (three channels; ~180x216x180 at 1 mm), each run by the
-default 3D U-Net of ``configs/train.yaml`` planned at the case's own spacing (as nnU-Net plans 1 mm for ATLAS);
-random weights, since speed does not depend on them (``bench_accuracy.py`` checks Dice with trained ones).
+default 3D U-Net of ``configs/train.yaml`` planned at the case's own spacing (as nnU-Net plans 1 mm for ATLAS),
+with the shipped bundle's settings (:func:`_settings`). Random weights: the network's time does not depend on
+them; the post-processing's does, through the lesions called, and the untrained network's specks (~150 at 1 mm)
+cost it more than a trained model's few lesions (``bench_accuracy.py`` checks Dice with trained weights).
 
 * ``network``: the network part on the preprocessed volume. Baseline: ``monai.inferers.sliding_window_inference``
   over the whole (uncropped) volume, overlap 0.5, Gaussian, fp32 eager PyTorch, 4 windows a batch. Project:
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+SHIPPED = HERE.parent / "bundles" / "stroke_mri_segmentation" / "configs" / "inference.yaml"
 
 
 def _stats(values: list[float]) -> dict:
@@ -60,16 +63,14 @@ def _case(root: Path, spacing: float) -> dict:
             "label": str(paths["msk"])}
 
 
-
-
 class MonaiBaseline:
     """The MONAI-defaults pipeline the project is measured against: MONAI's stock transforms throughout
     (``LoadImaged``, ``ResampleToMatchd`` of ADC and FLAIR onto DWI, ``Orientationd``, ``Spacingd``), the
     model's own normalisation (:func:`pipeline.data.normalise.normalisation` with the model's ``normalise``
     settings, MONAI MapTransforms: a model trained on it needs it), ``sliding_window_inference`` over the whole
     volume (overlap 0.5, Gaussian, eager fp32, 4 windows a batch), ``ResampleToMatch`` of the probability back
-    onto the DWI grid, threshold, nibabel write. Same network, spacing and window as the project, which also
-    runs the shipped restricted-diffusion check."""
+    onto the DWI grid, threshold, nibabel write. Same network, spacing, window and normalisation as the project,
+    which also runs the shipped post-processing (lesion filters, restricted-diffusion check, border refinement)."""
 
     def __init__(self, network, spacing: float, roi_size=(64, 64, 64), head: str = "softmax",
                  normalise: dict | None = None):
@@ -128,13 +129,17 @@ def _network():
 
 
 def _settings(spacing: float, **overrides):
-    from pipeline.inference import Settings
-    from pipeline.inference.border import DEFAULT_BORDER
-    from pipeline.inference.diffusion_check import DEFAULT_CHECK
+    """The shipped bundle's settings (``configs/inference.yaml``: its normalisation, window and all of its
+    post-processing: the lesion filters, the restricted-diffusion check, the border refinement), planned at
+    ``spacing``."""
+    import yaml
 
-    overrides.setdefault("diffusion_check", DEFAULT_CHECK)  # the shipped model's post-processing
-    overrides.setdefault("border_refinement", DEFAULT_BORDER)
-    return Settings(roi_size=[64, 64, 64], channels=3, spacing=[spacing] * 3, **overrides)
+    from pipeline.inference import Settings
+    from pipeline.inference.settings import SETTINGS_FIELDS
+
+    shipped = yaml.safe_load(SHIPPED.read_text())["settings"]
+    return Settings(**{**{k: v for k, v in shipped.items() if k in SETTINGS_FIELDS}, "spacing": [spacing] * 3,
+                       **overrides})
 
 
 def bench_network(case: dict, spacing: float, repeats: int) -> dict:
@@ -186,7 +191,7 @@ def _runner(case: dict, spacing: float, overrides: dict):
 
     overrides = dict(overrides)
     if overrides.pop("baseline", False):
-        baseline = MonaiBaseline(_network(), spacing)
+        baseline = MonaiBaseline(_network(), spacing, normalise=_settings(spacing).normalise)
         return lambda out: baseline.segment(case, out)
     predictor = Predictor(_network(), _settings(spacing, **overrides))
     # without the MNI registration (~0.8 s a case, `infer --no-mni`): the baseline has none, and whether it runs
