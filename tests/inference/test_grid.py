@@ -1,4 +1,4 @@
-"""Putting the probability map back onto the scanner grid: a voxel copy where it can be, MONAI otherwise."""
+"""Putting the probability map back onto the scanner grid: a voxel copy where it can be, trilinear otherwise."""
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +28,27 @@ def test_reoriented_and_cropped_map_is_copied_back_exactly_as_monai_resamples_it
     oblique = nib.Nifti1Image(np.zeros((30, 26, 9), np.float32), lps_affine(degrees=10))
     assert aligned_copy(cropped[0].numpy(), np.asarray(cropped.affine), oblique.affine, oblique.shape) is None
     assert to_grid(cropped[0].numpy(), np.asarray(cropped.affine), oblique).shape == (30, 26, 9)
+
+
+def test_a_map_resampled_back_is_what_monai_resamples_inside_its_grid():
+    """An oblique 1 mm scan and a 2 mm model grid: to_grid's trilinear values are MONAI's ``ResampleToMatch``'s
+    wherever the scan's voxel lies inside the map's grid, and 0 well outside it."""
+    rng = np.random.default_rng(0)
+    model_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    model_affine[:3, 3] = [-20.0, -24.0, -12.0]
+    prob = rng.random((20, 24, 12), dtype=np.float32)
+    reference = nib.Nifti1Image(np.zeros((44, 52, 30), np.float32), lps_affine((1.0, 1.0, 1.0), degrees=12))
+    back = to_grid(prob, model_affine, reference)
+    dst = MetaTensor(torch.zeros((1, *reference.shape)), affine=torch.as_tensor(reference.affine))
+    monai = mt.ResampleToMatch(mode="bilinear", padding_mode="zeros")(
+        MetaTensor(torch.as_tensor(prob)[None], affine=torch.as_tensor(model_affine)), dst)[0].numpy()
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in reference.shape], indexing="ij"), -1).reshape(-1, 3)
+    index = (np.linalg.inv(model_affine) @ reference.affine @ np.c_[grid, np.ones(len(grid))].T)[:3].T
+    inside = ((index >= 0) & (index <= np.array(prob.shape) - 1)).all(1).reshape(reference.shape)
+    outside = ((index < -1) | (index > np.array(prob.shape))).any(1).reshape(reference.shape)
+    assert inside.sum() > 1000 and outside.sum() > 1000
+    assert np.abs(back[inside] - monai[inside]).max() < 1e-4
+    assert not back[outside].any()
 
 
 def test_lesions_on_the_first_and_last_thick_slices_come_back():
