@@ -15,6 +15,8 @@ import cc3d
 import nibabel as nib
 import numpy as np
 
+from pipeline.inference.diffusion_check import bounding_box
+
 __all__ = ["lesion_rows", "LESION_COLUMNS", "max_diameter_mm", "channel_on_grid"]
 
 LESION_COLUMNS = ["id", "lesion", "kind", "volume_ml", "x_mm", "y_mm", "z_mm", "mni_x", "mni_y", "mni_z",
@@ -67,6 +69,14 @@ def lesion_rows(case_id: str, mask: np.ndarray, reference: nib.Nifti1Image, prob
     affine = np.asarray(reference.affine, float)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     truth = None if truth is None else truth > 0
+    found = mask > 0 if truth is None else (mask > 0) | truth
+    if not found.any():
+        return []
+    # every map cut to the box around the lesions: a few lesions fill a sliver of a 1 mm volume
+    around = bounding_box(found, [0] * found.ndim)
+    offset = np.array([s.start for s in around])
+    mask, prob, tta_var, dwi, adc, truth = (None if a is None else a[around]
+                                            for a in (mask, prob, tta_var, dwi, adc, truth))
     rows = []
     labels = cc3d.connected_components(mask > 0, connectivity=26)
     for kind, lab in [("predicted", labels)] + ([("missed", _missed(truth, mask > 0))] if truth is not None else []):
@@ -76,7 +86,7 @@ def lesion_rows(case_id: str, mask: np.ndarray, reference: nib.Nifti1Image, prob
             if not len(voxels):
                 continue
             number += 1
-            points = voxels @ affine[:3, :3].T + affine[:3, 3]
+            points = (voxels + offset) @ affine[:3, :3].T + affine[:3, 3]
             centre = points.mean(0)
             where = tuple(voxels.T)
             row = dict(id=case_id, lesion=number, kind=kind,
