@@ -135,7 +135,9 @@ def _lesions_of(case: dict, result: dict, settings, registration_dir: Path | Non
     """``lesions.csv`` rows of one segmented case; a registration that fails leaves its MNI columns empty."""
     cid, ref = str(case["id"]), result["reference"]
     check = settings.diffusion_check or {}
-    dwi, adc = (channel_on_grid(case["image"][check[k]], ref)
+    kept = result.get("channels")  # already on the scan's grid: not read and resampled again
+    dwi, adc = ((kept[check[k]] if kept is not None and kept.shape[1:] == ref.shape[:3]
+                 else channel_on_grid(case["image"][check[k]], ref))
                 if k in check and check[k] < len(case["image"]) and case["image"][check[k]] else None
                 for k in ("dwi", "adc"))
     truth = channel_on_grid(case["label"], ref, order=0) > 0.5 if case.get("label") else None

@@ -248,13 +248,13 @@ class Predictor:
 
     def predict_case(self, case: dict) -> dict:
         """Mask (uint8), probability and TTA variance maps on the case's own grid, its reference image,
-        lesion volume (mL) and component count."""
+        lesion volume (mL), component count and the channels on that grid where the preprocessing kept them."""
         prob, unc, reference, channels = self.infer(case)
         voxel_ml = float(np.prod(reference.header.get_zooms()[:3])) / 1000.0
         mask = self.refine(self.postprocess(prob, voxel_ml), prob, channels, reference.affine)
         components = int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1]) if mask.any() else 0
         return dict(mask=mask.astype(np.uint8), prob=prob.astype(np.float32), unc=unc, reference=reference,
-                    lesion_ml=float(mask.sum()) * voxel_ml, components=components)
+                    lesion_ml=float(mask.sum()) * voxel_ml, components=components, channels=channels)
 
     def refine(self, mask: np.ndarray, prob: np.ndarray, channels: np.ndarray | None,
                affine: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -134,6 +135,29 @@ def test_infer_writes_one_row_per_lesion_beside_volumes_csv(tmp_path):
     assert sum(float(r["volume_ml"]) for r in rows) == pytest.approx(float(volume["lesion_ml"]), rel=1e-3)
     assert rows[0]["detected"] == "True"  # the manifest's label marks the blob
     assert rows[0]["mni_x"] == ""        # --no-mni
+
+
+def test_signal_columns_are_the_scan_s_own_values_over_each_lesion(tmp_path):
+    """With the shipped post-processing (the channels kept on the scan's grid for the border refinement), a
+    lesion's mean DWI and ADC are its voxels' values as the files store them."""
+    from pipeline.inference.border import DEFAULT_BORDER
+    from pipeline.inference.diffusion_check import DEFAULT_CHECK
+
+    case, blob = oblique_lps_case(tmp_path / "in")
+    adc = nib.load(case["image"][1])
+    write_nifti(Path(case["image"][1]), np.where(blob, 350.0, np.asarray(adc.dataobj)).astype(np.float32), adc.affine)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"testing": [case]}))
+    settings = Settings(roi_size=[32, 32, 32], channels=2, spacing=[2.0, 2.0, 2.0], diffusion_check=DEFAULT_CHECK,
+                        border_refinement=DEFAULT_BORDER)
+    segment_datalist(Predictor(BrightIsLesion(), settings), manifest, tmp_path / "out", progress=False, mni=False)
+    with open(tmp_path / "out" / "lesions.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    mask = np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj) > 0
+    assert (mask & blob).sum() > 0.8 * blob.sum()
+    for column, path in (("mean_dwi", case["image"][0]), ("mean_adc", case["image"][1])):
+        stored = np.asarray(nib.load(path).dataobj, np.float32)
+        assert float(row[column]) == pytest.approx(float(stored[mask].mean()), rel=1e-4), column
 
 
 class _FindsNothing(torch.nn.Module):
