@@ -203,6 +203,10 @@ def test_nan_all_zero_and_constant_images(tmp_path):
     img[1, 2, 3] = np.nan
     img[4, 4, 4] = np.inf
     expect(case(tmp_path / "a", image=img), "2 NaN/Inf voxels")
+    for i, bad in enumerate((np.inf, -np.inf)):  # an infinity alone, without a NaN beside it
+        img = ramp((10, 10, 8))
+        img[4, 4, 4] = bad
+        expect(case(tmp_path / f"inf{i}", image=img), "1 NaN/Inf voxels")
     expect(case(tmp_path / "b", image=np.zeros((10, 10, 8), np.float32)), "image is all zero")
     expect(case(tmp_path / "c", image=np.full((10, 10, 8), 100, np.int16)), r"image is constant \(every voxel 100\)")
 
