@@ -43,13 +43,14 @@ def to_grid(data: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image) ->
         fine[:3, axis] = ref_affine[:3, axis] / k
         fine[:3, 3] -= ref_affine[:3, axis] * (k - 1) / (2 * k)
     fine_shape = [n * k for n, k in zip(shape, steps, strict=True)]
-    # the map and its coverage (1 up to half a voxel beyond its grid's outermost centres): their means over a
-    # thick voxel's sub-samples give the map's mean over the covered part of it
     data = np.asarray(data, np.float32)
-    out, covered = (resample_linear(m, affine, fine, fine_shape) for m in (data, np.ones_like(data)))
-    if any(k > 1 for k in steps):
-        out, covered = (a.reshape(shape[0], steps[0], shape[1], steps[1], shape[2], steps[2]).mean((1, 3, 5))
-                        for a in (out, covered))
+    out = resample_linear(data, affine, fine, fine_shape)  # 0 beyond half a voxel outside the map's grid
+    if all(k == 1 for k in steps):
+        return out
+    # the map's coverage (1 up to half a voxel beyond its grid's outermost centres): the two means over a thick
+    # voxel's sub-samples give the map's mean over the covered part of it
+    out, covered = (a.reshape(shape[0], steps[0], shape[1], steps[1], shape[2], steps[2]).mean((1, 3, 5))
+                    for a in (out, resample_linear(np.ones_like(data), affine, fine, fine_shape)))
     return np.where(covered > 0.01, out / np.maximum(covered, 0.01), 0.0).astype(np.float32)
 
 
