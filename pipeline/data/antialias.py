@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type
 
 __all__ = ["AntiAliasd", "antialias_sigma", "smooth"]
 
@@ -43,10 +43,7 @@ class AntiAliasd(MapTransform):
         for key in self.key_iterator(d):
             sigma = antialias_sigma(d[key].affine, self.pixdim)
             if max(sigma) > 0.1:
-                img = d[key]
-                smoothed = smooth(torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img), sigma)
-                d[key] = MetaTensor(smoothed, meta=dict(img.meta), applied_operations=list(img.applied_operations)) \
-                    if isinstance(img, MetaTensor) else smoothed
+                d[key] = convert_to_dst_type(smooth(d[key].as_tensor(), sigma), d[key])[0]  # its metadata kept
         return d
 
 
